@@ -1,0 +1,199 @@
+"""`edge-agent` command line: run, detect, check-config, schema, assets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import __version__
+
+log = logging.getLogger("agent.cli")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config invalid:\n{exc}", file=sys.stderr)
+        return EXIT_FAILED
+    rules = sum(len(c.rules) for c in cfg.cameras)
+    print(f"config OK: device={cfg.device.id} cameras={len(cfg.cameras)} rules={rules}")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from agent.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from agent.config import OnnxRuntimeBackendConfig
+    from agent.inference.detector import Detector, detections_to_json, load_image
+    from agent.inference.errors import InferenceError
+    from agent.inference.model import load_model_folder
+    from agent.inference.onnxrt import create_backend
+
+    try:
+        model = load_model_folder(Path(args.model))
+        backend = create_backend(OnnxRuntimeBackendConfig(type="onnxruntime", workers=1), model)
+        detector = Detector(model, backend, score_threshold=args.score)
+        results = []
+        for image_path in args.images:
+            image = load_image(Path(image_path))
+            dets = detector.detect_image(image)
+            results.append(
+                {
+                    "image": image_path,
+                    "width": int(image.shape[1]),
+                    "height": int(image.shape[0]),
+                    "detections": detections_to_json(dets, model.manifest.labels),
+                }
+            )
+    except InferenceError as exc:
+        print(f"detect failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    out: Any = results[0] if len(results) == 1 else results
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received signal=%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.app import Agent
+    from agent.config import ConfigError, load_config
+    from agent.inference.errors import InferenceError
+    from agent.logs import configure_logging
+    from agent.state import StateError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config invalid:\n{exc}", file=sys.stderr)
+        return EXIT_FAILED
+    configure_logging(args.log_level or cfg.logging.level, args.log_format or cfg.logging.format)
+    try:
+        agent = Agent(cfg, max_frames=args.max_frames)
+    except (InferenceError, StateError, OSError) as exc:
+        log.error("agent cannot start: %s", exc)
+        print(f"agent cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _install_signal_handlers(agent.stop_event)
+    try:
+        agent.start()
+        agent.wait()
+    except InferenceError as exc:
+        log.error("agent stopped: %s", exc)
+        agent.close()
+        return EXIT_FAILED
+    summary = agent.close()
+    _print_summary(summary.__dict__, args.summary_json)
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _print_summary(summary: dict[str, Any], json_path: str | None) -> None:
+    lines = [
+        f"summary: boot={summary['boot_id']} duration={summary['duration_s']:.1f}s "
+        f"events={summary['events']}"
+    ]
+    for cid, cam in summary["cameras"].items():
+        lat = cam["frame_latency_ms"]
+        lines.append(
+            f"  camera {cid}: state={cam['state']} decoded={cam['frames_decoded']} "
+            f"processed={cam['frames_processed']} dropped={cam['frames_dropped']} "
+            f"reconnects={cam['reconnects']} events={cam['events']} "
+            f"latency p50={lat['p50']}ms p99={lat['p99']}ms"
+        )
+    print("\n".join(lines), flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+
+
+def _cmd_assets_fetch(args: argparse.Namespace) -> int:
+    from agent.assets import AssetError, default_mirror, fetch_assets
+
+    root = Path(args.root).resolve()
+    mirror = Path(args.mirror).resolve() if args.mirror else default_mirror(root)
+    try:
+        paths = fetch_assets(root, mirror)
+    except AssetError as exc:
+        print(f"assets fetch failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for p in paths:
+        print(f"ok {p}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent on the configured cameras")
+    run.add_argument("-c", "--config", required=True, help="YAML config file")
+    run.add_argument("--max-frames", type=int, default=None, help="stop after N frames per camera")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
+    run.add_argument("--log-format", choices=["text", "json"], default=None)
+    run.add_argument("--summary-json", default=None, help="also write the summary to this file")
+    run.set_defaults(func=_cmd_run)
+
+    det = sub.add_parser("detect", help="run the detector on still images, print JSON")
+    det.add_argument("images", nargs="+", help="image files (JPEG, PNG)")
+    det.add_argument("--model", default="models/yolox_nano", help="model folder")
+    det.add_argument("--score", type=float, default=None, help="score threshold override")
+    det.set_defaults(func=_cmd_detect)
+
+    chk = sub.add_parser("check-config", help="validate a config file")
+    chk.add_argument("config")
+    chk.set_defaults(func=_cmd_check_config)
+
+    sch = sub.add_parser("schema", help="print the config JSON Schema (for editors)")
+    sch.add_argument("-o", "--output", default=None)
+    sch.set_defaults(func=_cmd_schema)
+
+    assets = sub.add_parser("assets", help="sample model and video")
+    assets_sub = assets.add_subparsers(dest="assets_command", required=True)
+    fetch = assets_sub.add_parser("fetch", help="place the sample assets, verifying sha256")
+    fetch.add_argument("--mirror", default=None, help="local folder holding the files")
+    fetch.add_argument("--root", default=".", help="project root to place them under")
+    fetch.set_defaults(func=_cmd_assets_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

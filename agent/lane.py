@@ -1,0 +1,169 @@
+"""A camera's lane after inference: frame order restored, then tracking, rules, events.
+
+Inference workers finish frames out of order; each lane holds results until the
+next dispatch ticket of its camera is in, then runs the camera's tracker and rule
+engine on frames strictly in order. Whichever worker completes the gap does the
+(cheap) tracking work, under the lane's lock, so no extra thread or queue is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.metrics import LatencyWindow
+from agent.outputs.snapshot import SnapshotStore, render_snapshot
+from agent.types import Detections, Event, EventPhase, EventRecord, FramePacket, Track
+
+log = logging.getLogger(__name__)
+
+
+class TrackerLike(Protocol):
+    def update(self, dets: Detections, timestamp: float) -> list[Track]: ...
+
+
+class RulesLike(Protocol):
+    def update(
+        self,
+        tracks: list[Track],
+        *,
+        width: int,
+        height: int,
+        stream_time: float,
+        wall_time: float,
+        frame_seq: int,
+    ) -> list[Event]: ...
+
+    def close(self, *, stream_time: float, wall_time: float, frame_seq: int) -> list[Event]: ...
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    store: SnapshotStore | None
+    """Where JPEGs go on disk; None keeps them in memory for the sinks only."""
+    max_width: int = 1280
+    quality: int = 85
+
+
+class CameraLane:
+    """Ordered post-inference processing of one camera."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        tracker: TrackerLike,
+        rules: RulesLike,
+        emit: Callable[[EventRecord], None],
+        *,
+        snapshots: SnapshotPolicy | None,
+        max_frames: int | None = None,
+        frame_gap_s: float = 0.1,
+    ) -> None:
+        self.camera_id = camera_id
+        self._tracker = tracker
+        self._rules = rules
+        self._emit = emit
+        self._snapshots = snapshots
+        self._max_frames = max_frames
+        self._frame_gap_s = frame_gap_s
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[FramePacket, Detections | None]] = {}
+        self._next_ticket = 0
+        self._time_offset = 0.0
+        self._last_time: float | None = None
+        self._last_packet: FramePacket | None = None
+        self._closed = False
+        self.frames_processed = 0
+        self.frames_failed = 0
+        self.frames_ignored = 0
+        self.events = 0
+        self.detections = 0
+        self.frame_latency = LatencyWindow()
+        self.event_latency = LatencyWindow()
+
+    @property
+    def tickets_done(self) -> int:
+        with self._lock:
+            return self._next_ticket
+
+    @property
+    def reached_max_frames(self) -> bool:
+        return self._max_frames is not None and self.frames_processed >= self._max_frames
+
+    def submit(self, ticket: int, packet: FramePacket, dets: Detections | None) -> None:
+        """Hand in a frame's detections (None: inference failed) under its dispatch ticket."""
+        with self._lock:
+            self._pending[ticket] = (packet, dets)
+            while self._next_ticket in self._pending:
+                pkt, result = self._pending.pop(self._next_ticket)
+                self._next_ticket += 1
+                if self._closed or self.reached_max_frames:
+                    self.frames_ignored += 1
+                elif result is None:
+                    self.frames_failed += 1
+                else:
+                    self._process(pkt, result)
+
+    def close(self) -> None:
+        """End every open episode (end of stream or shutdown); later frames are ignored."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pkt = self._last_packet
+            if pkt is None or self._last_time is None:
+                return
+            events = self._rules.close(
+                stream_time=self._last_time, wall_time=time.time(), frame_seq=pkt.seq
+            )
+            for event in events:
+                self._emit_event(event, pkt, measure=False)
+
+    def _timeline(self, stream_time: float) -> float:
+        """Stream time made monotonic across reconnects and file loops."""
+        t = stream_time + self._time_offset
+        if self._last_time is not None and t <= self._last_time:
+            self._time_offset += self._last_time - t + self._frame_gap_s
+            t = stream_time + self._time_offset
+        self._last_time = t
+        return t
+
+    def _process(self, pkt: FramePacket, dets: Detections) -> None:
+        t = self._timeline(pkt.stream_time)
+        tracks = self._tracker.update(dets, t)
+        events = self._rules.update(
+            tracks,
+            width=pkt.width,
+            height=pkt.height,
+            stream_time=t,
+            wall_time=pkt.wall_time,
+            frame_seq=pkt.seq,
+        )
+        self._last_packet = pkt
+        self.frames_processed += 1
+        self.detections += len(dets)
+        for event in events:
+            self._emit_event(event, pkt)
+        self.frame_latency.add(time.monotonic() - pkt.monotonic)
+
+    def _emit_event(self, event: Event, pkt: FramePacket, *, measure: bool = True) -> None:
+        jpeg, path = None, None
+        if event.phase is EventPhase.START and self._snapshots is not None:
+            caption = f"{event.label} {event.score:.2f} {event.rule_id}"
+            jpeg = render_snapshot(
+                pkt.image,
+                event.box,
+                caption,
+                max_width=self._snapshots.max_width,
+                quality=self._snapshots.quality,
+            )
+            if self._snapshots.store is not None:
+                path = str(self._snapshots.store.save(self.camera_id, event.event_id, jpeg))
+        self._emit(EventRecord(event, snapshot_jpeg=jpeg, snapshot_path=path))
+        self.events += 1
+        if measure:
+            self.event_latency.add(time.monotonic() - pkt.monotonic)

@@ -1,0 +1,50 @@
+"""Counters and latency windows read by the summary and (later) health reports."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+
+
+class LatencyWindow:
+    """The last `size` latency samples (seconds); percentiles on demand. Thread-safe."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._samples: collections.deque[float] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._samples.append(seconds)
+            self.count += 1
+
+    def percentiles_ms(self, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
+        with self._lock:
+            data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
+        if data.size == 0:
+            return {f"p{q:g}": None for q in qs}
+        values = np.percentile(data * 1000.0, qs)
+        return {f"p{q:g}": round(float(v), 2) for q, v in zip(qs, values, strict=True)}
+
+
+class RateLimitedLog:
+    """Lets a repeated message through at most once per `interval_s`, counting the rest."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None if suppressed; otherwise how many were suppressed since the last one."""
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] += 1
+                return None
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)

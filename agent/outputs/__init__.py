@@ -1,0 +1,1 @@
+"""Event outputs: console, JSONL, snapshots (and MQTT, in agent.publish)."""

@@ -1,0 +1,61 @@
+"""Snapshot JPEGs: the event's frame with its box and label drawn.
+
+Rendered only when an event starts (never per frame), from the decoder's own frame:
+swscale converts (and downscales when wider than `max_width`) straight to RGB.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from agent.state import atomic_write
+from agent.types import Box
+
+if TYPE_CHECKING:
+    import av
+
+BOX_COLOUR = (255, 64, 32)
+
+
+def render_snapshot(
+    frame: av.VideoFrame,
+    box: Box | None,
+    caption: str,
+    *,
+    max_width: int = 1280,
+    quality: int = 85,
+) -> bytes:
+    """JPEG bytes of `frame` with `box` (source pixels) outlined and captioned."""
+    scale = min(1.0, max_width / frame.width)
+    width, height = round(frame.width * scale) // 2 * 2, round(frame.height * scale) // 2 * 2
+    rgb: np.ndarray = frame.to_ndarray(width=width, height=height, format="rgb24")
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    if box is not None:
+        x1, y1, x2, y2 = (v * scale for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=3)
+        text_y = max(0.0, y1 - 14)
+        draw.rectangle((x1, text_y, x1 + 7 * len(caption) + 6, text_y + 14), fill=BOX_COLOUR)
+        draw.text((x1 + 3, text_y + 1), caption, fill=(255, 255, 255))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class SnapshotStore:
+    """Writes snapshots as `<dir>/<camera>/<event_id>.jpg`, atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def save(self, camera_id: str, event_id: str, jpeg: bytes) -> Path:
+        folder = self._root / camera_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{event_id}.jpg"
+        atomic_write(path, jpeg)
+        return path

@@ -1,0 +1,49 @@
+"""Small durable state kept in the device's state folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+class StateError(Exception):
+    """The state folder cannot be used (permissions, full disk, corrupt file)."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def next_boot_id(state_dir: Path) -> int:
+    """Increment and return the persisted boot counter (1 on a fresh state folder).
+
+    The boot id is part of every event id, so ids from a later run never collide with
+    ids from an earlier one while a fixed input and a fresh state folder give the same
+    ids on every run.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / "boot_id"
+        previous = 0
+        if path.exists():
+            text = path.read_text(encoding="ascii").strip()
+            with contextlib.suppress(ValueError):
+                previous = int(text)
+            previous = max(previous, 0)
+        boot = previous + 1
+        atomic_write(path, f"{boot}\n".encode("ascii"))
+    except OSError as exc:
+        raise StateError(f"state folder {state_dir} is not usable: {exc}") from exc
+    return boot
