@@ -1,0 +1,1 @@
+"""Health side channels: supervisor and watchdog, resource guards, drift monitor."""
