@@ -3,8 +3,13 @@
     cameras (ingest threads) -> FrameHub (one-slot mailboxes) -> inference workers
         -> CameraLane per camera (reorder, track, rules) -> EventDispatcher -> sinks
 
-Start order: sinks, lanes, inference workers (after a warm-up inference), cameras.
-Stop order: cameras, hub, workers, lanes (open episodes end), sinks.
+Side channels: the supervisor (heartbeats, systemd watchdog, drift checks, resource
+guard), system events (camera offline, drift), the MQTT publisher (health, events).
+
+Start order: sinks (MQTT connects), inference workers (after a warm-up inference),
+READY=1, cameras, supervisor.
+Stop order: STOPPING=1, supervisor and cameras, hub, workers, lanes (open episodes
+end), sinks (the MQTT outbox flushes what it can; the rest waits for the next start).
 Nothing else in the agent constructs these objects.
 """
 
@@ -17,8 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import __version__
 from agent.config import AgentConfig, CameraConfig
 from agent.dispatch import EventDispatcher, build_sinks
+from agent.health.drift import DriftMonitor
+from agent.health.resources import ResourceGuard, ResourceState
+from agent.health.sdnotify import Notifier, watchdog_interval_s
+from agent.health.supervisor import PeriodicJob, Supervisor
+from agent.health.system_events import SystemEvents
 from agent.inference.backend import Backend
 from agent.inference.detector import Detector
 from agent.inference.model import ModelFolder, load_model_folder
@@ -28,6 +39,7 @@ from agent.ingest.mailbox import FrameHub
 from agent.lane import CameraLane, SnapshotPolicy
 from agent.outputs.base import EventSink
 from agent.outputs.snapshot import SnapshotStore
+from agent.publish import MqttPublisher
 from agent.rules.engine import RuleEngine
 from agent.state import next_boot_id
 from agent.tracking.bytetrack import ByteTracker
@@ -36,6 +48,7 @@ from agent.workers import InferenceWorker
 log = logging.getLogger(__name__)
 
 _TERMINAL = {CameraState.FINISHED, CameraState.FAILED}
+_OFFLINE = {CameraState.RECONNECTING, CameraState.STALLED, CameraState.FAILED}
 
 
 @dataclass
@@ -64,6 +77,7 @@ class Agent:
         max_frames: int | None = None,
         extra_sinks: list[EventSink] | None = None,
         backend_factory: Callable[[ModelFolder], Backend] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
@@ -80,7 +94,15 @@ class Agent:
             )
             for _ in range(cfg.backend.workers)
         ]
-        self.dispatcher = EventDispatcher(build_sinks(cfg) + list(extra_sinks or []))
+        self.notifier = notifier or Notifier()
+        self.publisher = self._make_publisher()
+        sinks = build_sinks(cfg) + list(extra_sinks or [])
+        if self.publisher is not None:
+            sinks.append(self.publisher)
+        self.dispatcher = EventDispatcher(sinks)
+        self.system_events = SystemEvents(cfg.device.id, self.boot_id, self.dispatcher.emit)
+        self.resources = ResourceGuard(cfg.resources, disk_path=cfg.device.state_dir)
+        self.resource_state: ResourceState | None = None
         self.hub = FrameHub()
         cameras = [c for c in cfg.cameras if c.enabled]
         self.lanes = {c.id: self._make_lane(c, max_frames) for c in cameras}
@@ -90,12 +112,48 @@ class Agent:
             InferenceWorker(i, hub=self.hub, detector=det, lanes=self.lanes, stop=self.stop_event)
             for i, det in enumerate(self.detectors)
         ]
+        self.supervisor = self._make_supervisor()
+
+    def _make_publisher(self) -> MqttPublisher | None:
+        if self.cfg.mqtt is None:
+            return None
+
+        versions = {
+            "agent": __version__,
+            "model": f"{self.model.manifest.name}@{self.model.manifest.version}",
+            "config": str(self.cfg.schema_version),
+        }
+        publisher = MqttPublisher(
+            self.cfg.mqtt, self.cfg.device.id, self.cfg.device.state_dir, versions, self.health
+        )
+        publisher.register_command("rebaseline", self._cmd_rebaseline)
+        return publisher
+
+    def _cmd_rebaseline(self, _request: object) -> dict[str, Any]:
+        for lane in self.lanes.values():
+            if lane.drift is not None:
+                lane.drift.rebaseline()
+        return {"rebaselined": sorted(self.lanes)}
+
+    def _make_supervisor(self) -> Supervisor:
+        jobs = [PeriodicJob("drift", 1.0, self._check_drift)]
+        if self.cfg.resources.enabled:
+            jobs.append(PeriodicJob("resources", self.cfg.resources.poll_interval_s, self._guard))
+        return Supervisor(
+            notifier=self.notifier,
+            stop=self.stop_event,
+            heartbeats=self.heartbeats,
+            status=self.status_line,
+            watchdog_interval_s=watchdog_interval_s() or 5.0,
+            jobs=jobs,
+        )
 
     def _make_lane(self, cam: CameraConfig, max_frames: int | None) -> CameraLane:
         snaps = self.cfg.outputs.snapshots
         policy = None
         if snaps is not None:
             policy = SnapshotPolicy(SnapshotStore(snaps.dir), snaps.max_width, snaps.jpeg_quality)
+        drift = DriftMonitor(self.cfg.drift, cam.id) if self.cfg.drift.enabled else None
         return CameraLane(
             cam.id,
             ByteTracker(self.cfg.tracker),
@@ -105,6 +163,7 @@ class Agent:
             self.dispatcher.emit,
             snapshots=policy,
             max_frames=max_frames,
+            drift=drift,
         )
 
     def _make_camera(self, cam: CameraConfig) -> CameraWorker:
@@ -114,21 +173,70 @@ class Agent:
 
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
         self.camera_states[camera_id] = state
-        level = (
-            logging.WARNING
-            if state in {CameraState.FAILED, CameraState.RECONNECTING}
-            else logging.INFO
-        )
+        level = logging.WARNING if state in _OFFLINE else logging.INFO
         log.log(level, "camera state camera=%s state=%s reason=%s", camera_id, state.value, reason)
+        attrs = {"state": state.value, "reason": reason}
+        if state in _OFFLINE:
+            self.system_events.raise_(camera_id, "camera-offline", "camera", attrs)
+        elif state is CameraState.STREAMING:
+            self.system_events.clear(camera_id, "camera-offline", "camera", attrs)
+
+    def _check_drift(self) -> None:
+        for cid, lane in self.lanes.items():
+            if lane.drift is None:
+                continue
+            for change in lane.drift.check(time.monotonic()):
+                attrs = {"score": round(change.score, 4), "threshold": change.threshold}
+                rule = f"drift-{change.code.value}"
+                if change.raised:
+                    log.warning(
+                        "drift raised camera=%s code=%s score=%.3f", cid, rule, change.score
+                    )
+                    self.system_events.raise_(cid, rule, "drift", attrs)
+                else:
+                    log.info("drift cleared camera=%s code=%s score=%.3f", cid, rule, change.score)
+                    self.system_events.clear(cid, rule, "drift", attrs)
+
+    def _guard(self) -> None:
+        state = self.resources.evaluate()
+        previous = self.resource_state
+        self.resource_state = state
+        if previous is None or previous.action is not state.action:
+            level = logging.INFO if state.action.value == "normal" else logging.WARNING
+            log.log(
+                level,
+                "resource guard action=%s fps_scale=%.2f codes=%s",
+                state.action.value,
+                state.fps_scale,
+                ",".join(c.value for c in state.codes) or "-",
+            )
+
+    def heartbeats(self) -> dict[str, float]:
+        """Last beat (monotonic) of each essential stage; a dead live camera thread is 0."""
+        beats = {w.name: w.last_beat for w in self.workers}
+        now = time.monotonic()
+        for camera in self.cameras:
+            terminal = self.camera_states.get(camera.camera_id) in _TERMINAL
+            beats[f"camera-{camera.camera_id}"] = now if terminal or camera.is_alive() else 0.0
+        return beats
+
+    def status_line(self) -> str:
+        states = ",".join(f"{cid}={s.value}" for cid, s in self.camera_states.items())
+        processed = sum(lane.frames_processed for lane in self.lanes.values())
+        return f"cameras {states}; frames {processed}; events {self.dispatcher.emitted}"
 
     def start(self) -> None:
         self._started = time.monotonic()
         # READY semantics: the first inference must succeed before any camera opens.
         self.detectors[0].warm_up()
+        if self.publisher is not None:
+            self.publisher.start()
         for worker in self.workers:
             worker.start()
+        self.notifier.ready(f"model {self.model.manifest.name} loaded; starting cameras")
         for camera in self.cameras:
             camera.start()
+        self.supervisor.start()
         log.info(
             "agent started device=%s boot=%d cameras=%d workers=%d model=%s@%s",
             self.cfg.device.id,
@@ -163,7 +271,10 @@ class Agent:
     def close(self, join_timeout_s: float = 5.0) -> RunSummary:
         """Stop everything in order, end open episodes, close sinks; bounded in time."""
         self.stop_event.set()
+        self.notifier.stopping()
         deadline = time.monotonic() + join_timeout_s
+        if self.supervisor.is_alive():
+            self.supervisor.join(timeout=1.0)
         for camera in self.cameras:
             camera.stop(timeout_s=max(0.1, deadline - time.monotonic()))
         self.hub.close()
@@ -171,10 +282,42 @@ class Agent:
             worker.join(timeout=max(0.1, deadline - time.monotonic()))
         for lane in self.lanes.values():
             lane.close()
+        self.system_events.close_all("shutdown")
         self.dispatcher.close()
         for det in self.detectors:
             det.close()
+        self.notifier.close()
         return self.summary()
+
+    def health(self) -> dict[str, Any]:
+        """Sections of the periodic health report (docs/protocol.md); called off-thread."""
+        hub = self.hub.stats()
+        cameras = {}
+        for camera in self.cameras:
+            cid = camera.camera_id
+            lane, stats = self.lanes[cid], camera.stats()
+            cameras[cid] = {
+                "state": self.camera_states[cid].value,
+                "frames_decoded": stats.get("frames_decoded", 0),
+                "frames_processed": lane.frames_processed,
+                "drops": hub.get(cid, {}).get("dropped", 0),
+                "skipped": stats.get("skipped", 0),
+                "reconnects": stats.get("reconnects", 0),
+                "fps_processed": round(lane.fps(), 2),
+                "latency_ms": lane.frame_latency.percentiles_ms(),
+                "drift": None if lane.drift is None else lane.drift.health(),
+            }
+        return {
+            "cameras": cameras,
+            "inference": {
+                "backend": self.detectors[0].backend.name,
+                "degraded": False,
+                "workers": len(self.workers),
+                "failures": sum(w.failures for w in self.workers),
+                "wedged": self.supervisor.wedged,
+            },
+            "system": None if self.resource_state is None else self.resource_state.to_health(),
+        }
 
     def summary(self) -> RunSummary:
         hub_stats = self.hub.stats()

@@ -151,6 +151,27 @@ def _cmd_assets_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from agent.config.mqtt import MqttTlsConfig
+    from agent.publish.listen import listen
+
+    tls = None
+    if args.ca_file or args.cert_file:
+        tls = MqttTlsConfig(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+    return listen(
+        args.host,
+        args.port,
+        args.prefix,
+        args.device,
+        tls=tls,
+        username=args.username,
+        password_file=Path(args.password_file) if args.password_file else None,
+        json_lines=args.json,
+        max_events=args.max_events,
+        timeout_s=args.timeout,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -177,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schema", help="print the config JSON Schema (for editors)")
     sch.add_argument("-o", "--output", default=None)
     sch.set_defaults(func=_cmd_schema)
+
+    lis = sub.add_parser("listen", help="print events from an MQTT broker (for operators)")
+    lis.add_argument("--host", default="127.0.0.1")
+    lis.add_argument("--port", type=int, default=1883)
+    lis.add_argument("--prefix", default="edge")
+    lis.add_argument("--device", default="+", help="device id, or + for all")
+    lis.add_argument("--json", action="store_true", help="one JSON object per line")
+    lis.add_argument("--max-events", type=int, default=None)
+    lis.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    lis.add_argument("--username", default=None)
+    lis.add_argument("--password-file", default=None)
+    lis.add_argument("--ca-file", default=None)
+    lis.add_argument("--cert-file", default=None)
+    lis.add_argument("--key-file", default=None)
+    lis.set_defaults(func=_cmd_listen)
 
     assets = sub.add_parser("assets", help="sample model and video")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

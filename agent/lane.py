@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.metrics import LatencyWindow
+from agent.health.drift import DriftMonitor, sample_image
+from agent.metrics import LatencyWindow, RateWindow
 from agent.outputs.snapshot import SnapshotStore, render_snapshot
 from agent.types import Detections, Event, EventPhase, EventRecord, FramePacket, Track
 
@@ -62,6 +63,7 @@ class CameraLane:
         snapshots: SnapshotPolicy | None,
         max_frames: int | None = None,
         frame_gap_s: float = 0.1,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.camera_id = camera_id
         self._tracker = tracker
@@ -70,6 +72,8 @@ class CameraLane:
         self._snapshots = snapshots
         self._max_frames = max_frames
         self._frame_gap_s = frame_gap_s
+        self.drift = drift
+        self._rate = RateWindow()
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[FramePacket, Detections | None]] = {}
         self._next_ticket = 0
@@ -84,6 +88,10 @@ class CameraLane:
         self.detections = 0
         self.frame_latency = LatencyWindow()
         self.event_latency = LatencyWindow()
+
+    def fps(self) -> float:
+        """Frames processed per second over the last few seconds."""
+        return self._rate.rate()
 
     @property
     def tickets_done(self) -> int:
@@ -148,7 +156,12 @@ class CameraLane:
         self.detections += len(dets)
         for event in events:
             self._emit_event(event, pkt)
-        self.frame_latency.add(time.monotonic() - pkt.monotonic)
+        if self.drift is not None and self.drift.due(t):
+            self.drift.observe_image(sample_image(pkt.image), t)
+            self.drift.observe_output(len(dets), dets.scores, t)
+        now = time.monotonic()
+        self._rate.add(now)
+        self.frame_latency.add(now - pkt.monotonic)
 
     def _emit_event(self, event: Event, pkt: FramePacket, *, measure: bool = True) -> None:
         jpeg, path = None, None

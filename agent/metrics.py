@@ -48,3 +48,27 @@ class RateLimitedLog:
                 return None
             self._last[key] = now
             return self._suppressed.pop(key, 0)
+
+
+class RateWindow:
+    """Events per second over the last `span_s` seconds (e.g. processed frames)."""
+
+    def __init__(self, span_s: float = 5.0, size: int = 1024) -> None:
+        self._span = span_s
+        self._times: collections.deque[float] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, t: float) -> None:
+        with self._lock:
+            self._times.append(t)
+
+    def rate(self, now: float | None = None) -> float:
+        with self._lock:
+            times = list(self._times)
+        if not times:
+            return 0.0
+        end = times[-1] if now is None else now
+        recent = [t for t in times if end - t <= self._span]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)

@@ -10,12 +10,14 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from agent.config.base import StrictModel
+from agent.config.health import DriftConfig, ResourceConfig
 from agent.config.inference import (
     BackendConfig,
     ModelConfig,
     OnnxRuntimeBackendConfig,
     TrackerConfig,
 )
+from agent.config.mqtt import MqttConfig
 from agent.config.sources import CameraConfig
 
 SCHEMA_VERSION = 1
@@ -83,6 +85,15 @@ class AgentConfig(StrictModel):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracker tuning.")
     cameras: list[CameraConfig] = Field(min_length=1, description="Cameras.")
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="Event outputs.")
+    mqtt: MqttConfig | None = Field(
+        default=None, description="MQTT publishing (docs/protocol.md); null disables it."
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="Input and output drift monitoring."
+    )
+    resources: ResourceConfig = Field(
+        default_factory=ResourceConfig, description="Thermal, memory and disk guards."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
 
     @model_validator(mode="after")
@@ -166,8 +177,24 @@ def _rebase(cfg: AgentConfig, base: Path) -> AgentConfig:
     if outputs.snapshots is not None:
         snaps = outputs.snapshots.model_copy(update={"dir": fix(outputs.snapshots.dir)})
         outputs = outputs.model_copy(update={"snapshots": snaps})
+    mqtt = cfg.mqtt
+    if mqtt is not None:
+        tls = mqtt.tls
+        if tls is not None:
+            tls = tls.model_copy(
+                update={
+                    k: fix(v)
+                    for k in ("ca_file", "cert_file", "key_file")
+                    if (v := getattr(tls, k)) is not None
+                }
+            )
+        pw = mqtt.password_file
+        mqtt = mqtt.model_copy(
+            update={"tls": tls, "password_file": fix(pw) if pw is not None else None}
+        )
     return cfg.model_copy(
         update={
+            "mqtt": mqtt,
             "device": cfg.device.model_copy(update={"state_dir": fix(cfg.device.state_dir)}),
             "model": cfg.model.model_copy(update={"path": fix(cfg.model.path)}),
             "cameras": cams,
