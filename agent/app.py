@@ -84,16 +84,9 @@ class Agent:
         self._started = 0.0
         self.boot_id = next_boot_id(cfg.device.state_dir)
         self.model = load_model_folder(cfg.model.path, verify_sha256=cfg.model.verify_sha256)
-        make_backend = backend_factory or (lambda m: create_backend(cfg.backend, m))
-        self.detectors = [
-            Detector(
-                self.model,
-                make_backend(self.model),
-                score_threshold=cfg.model.score_threshold,
-                nms_threshold=cfg.model.nms_threshold,
-            )
-            for _ in range(cfg.backend.workers)
-        ]
+        self._make_backend = backend_factory or (lambda m: create_backend(cfg.backend, m))
+        self._swap_lock = threading.Lock()
+        self.detectors = self._make_detectors(self.model)
         self.notifier = notifier or Notifier()
         self.publisher = self._make_publisher()
         sinks = build_sinks(cfg) + list(extra_sinks or [])
@@ -113,6 +106,54 @@ class Agent:
             for i, det in enumerate(self.detectors)
         ]
         self.supervisor = self._make_supervisor()
+
+    def _make_detectors(self, model: ModelFolder) -> list[Detector]:
+        """One detector (own backend session) per inference worker."""
+        return [
+            Detector(
+                model,
+                self._make_backend(model),
+                score_threshold=self.cfg.model.score_threshold,
+                nms_threshold=self.cfg.model.nms_threshold,
+            )
+            for _ in range(self.cfg.backend.workers)
+        ]
+
+    def current_model(self) -> ModelFolder:
+        return self.model
+
+    def swap_model(self, model: ModelFolder) -> None:
+        """Serve `model` from the next frame on, without a restart (OTA activation).
+
+        The new sessions are built and warmed up while the old model keeps serving;
+        then each worker's detector reference is replaced, which a worker reads once
+        per frame, so no frame is lost and none sees a mix. Rules are rebuilt only if
+        the labels changed (their open episodes end first). The old sessions are
+        released by reference counting once the last in-flight frame finishes.
+        """
+        detectors = self._make_detectors(model)
+        detectors[0].warm_up()
+        with self._swap_lock:
+            relabel = tuple(model.manifest.labels) != tuple(self.model.manifest.labels)
+            for worker, det in zip(self.workers, detectors, strict=True):
+                worker.detector = det
+            self.detectors = detectors
+            self.model = model
+            if relabel:
+                for cam in self.cfg.cameras:
+                    if cam.id in self.lanes:
+                        self.lanes[cam.id].replace_rules(self._make_rules(cam))
+        log.info(
+            "model swapped model=%s@%s relabelled=%s",
+            model.manifest.name,
+            model.manifest.version,
+            relabel,
+        )
+
+    def _make_rules(self, cam: CameraConfig) -> RuleEngine:
+        return RuleEngine(
+            self.cfg.device.id, self.boot_id, cam.id, cam.rules, self.model.manifest.labels
+        )
 
     def _make_publisher(self) -> MqttPublisher | None:
         if self.cfg.mqtt is None:
@@ -157,9 +198,7 @@ class Agent:
         return CameraLane(
             cam.id,
             ByteTracker(self.cfg.tracker),
-            RuleEngine(
-                self.cfg.device.id, self.boot_id, cam.id, cam.rules, self.model.manifest.labels
-            ),
+            self._make_rules(cam),
             self.dispatcher.emit,
             snapshots=policy,
             max_frames=max_frames,

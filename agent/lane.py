@@ -131,6 +131,17 @@ class CameraLane:
             for event in events:
                 self._emit_event(event, pkt, measure=False)
 
+    def replace_rules(self, rules: RulesLike) -> None:
+        """Swap the rule engine (new model labels): open episodes of the old one end first."""
+        with self._lock:
+            pkt = self._last_packet
+            if pkt is not None and self._last_time is not None:
+                for event in self._rules.close(
+                    stream_time=self._last_time, wall_time=time.time(), frame_seq=pkt.seq
+                ):
+                    self._emit_event(event, pkt, measure=False)
+            self._rules = rules
+
     def _timeline(self, stream_time: float) -> float:
         """Stream time made monotonic across reconnects and file loops."""
         t = stream_time + self._time_offset

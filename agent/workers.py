@@ -33,7 +33,8 @@ class InferenceWorker(threading.Thread):
     ) -> None:
         super().__init__(name=f"infer-{index}", daemon=True)
         self._hub = hub
-        self._detector = detector
+        self.detector = detector
+        """Replaced between frames by Agent.swap_model; read once per frame."""
         self._lanes = lanes
         self._stop_event = stop
         self._take_timeout_s = take_timeout_s
@@ -51,7 +52,7 @@ class InferenceWorker(threading.Thread):
             packet = taken.packet
             t0 = time.monotonic()
             try:
-                dets = self._detector.detect_frame(packet.image)
+                dets = self.detector.detect_frame(packet.image)
             except Exception as exc:  # a backend fault must not kill the worker
                 dets = None
                 self.failures += 1

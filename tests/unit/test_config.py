@@ -102,3 +102,10 @@ def test_json_schema_is_exported_and_forbids_unknown_keys() -> None:
     assert schema["additionalProperties"] is False
     assert "cameras" in schema["required"]
     json.dumps(schema)
+
+
+def test_committed_config_schema_is_current() -> None:
+    # docs/schemas/config.schema.json is what editors use; regenerate with
+    # `edge-agent schema -o docs/schemas/config.schema.json`
+    committed = json.loads((REPO / "docs" / "schemas" / "config.schema.json").read_text())
+    assert committed == json.loads(json.dumps(json_schema(), sort_keys=True))
