@@ -165,6 +165,7 @@ class CameraWorker:
         self._backoff = Backoff(rc.initial_s, rc.max_s, rc.multiplier, rc.jitter, rng)
         self._pace = cfg.source.type == "file" and cfg.source.pace
         self._min_interval = 1.0 / cfg.max_fps if cfg.max_fps else 0.0
+        self._target_fps: float | None = None
         self._next_due: float | None = None
         self._lock = threading.Lock()
         self._state = CameraState.CONNECTING
@@ -182,6 +183,25 @@ class CameraWorker:
     def state(self) -> CameraState:
         with self._lock:
             return self._state
+
+    @property
+    def target_fps(self) -> float | None:
+        """The runtime fps target set by overload control (None: only cfg.max_fps applies)."""
+        with self._lock:
+            return self._target_fps
+
+    def set_target_fps(self, fps: float | None) -> None:
+        """Lower the delivered rate at runtime (overload control); None lifts it.
+
+        The effective cap is min(cfg.max_fps, fps); frames above it are skipped and counted
+        as `skipped`, exactly as for max_fps. Thread-safe; takes effect on the next frame.
+        """
+        if fps is not None and not fps > 0:
+            raise ValueError(f"target fps must be positive or None, not {fps!r}")
+        limits = [f for f in (self._cfg.max_fps, fps) if f is not None]
+        with self._lock:
+            self._target_fps = fps
+            self._min_interval = 1.0 / min(limits) if limits else 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -208,6 +228,7 @@ class CameraWorker:
                 "state": self._state.value,
                 "last_frame_monotonic": self._last_frame,
                 "reason": self._last_reason,
+                "target_fps": self._target_fps,
             }
 
     # --- the thread -------------------------------------------------------------------
@@ -305,14 +326,16 @@ class CameraWorker:
         )
 
     def _skip(self, stream_time: float) -> bool:
-        """max_fps: skip frames that come sooner than 1/max_fps after the last one kept."""
-        if self._min_interval <= 0:
+        """max_fps/target: skip frames sooner than the minimum interval after the last kept."""
+        with self._lock:
+            interval = self._min_interval
+        if interval <= 0:
             return False
         due = self._next_due
-        if due is not None and stream_time < due - self._min_interval * 1e-3:
+        if due is not None and stream_time < due - interval * 1e-3:
             return True
-        base = stream_time if due is None or due < stream_time - self._min_interval else due
-        self._next_due = base + self._min_interval
+        base = stream_time if due is None or due < stream_time - interval else due
+        self._next_due = base + interval
         return False
 
     def _after_failure(self, exc: SourceError) -> tuple[CameraState, str] | None:
