@@ -18,22 +18,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig, CameraConfig
+from agent.control.overload import FairRateController, OverloadDecision, samples_from
 from agent.dispatch import EventDispatcher, build_sinks
 from agent.health.drift import DriftMonitor
 from agent.health.resources import ResourceGuard, ResourceState
 from agent.health.sdnotify import Notifier, watchdog_interval_s
 from agent.health.supervisor import PeriodicJob, Supervisor
 from agent.health.system_events import SystemEvents
-from agent.inference.backend import Backend
 from agent.inference.detector import Detector
+from agent.inference.factory import (
+    BackendFactory,
+    backend_factory,
+    start_engine_builds,
+    worker_count,
+)
+from agent.inference.ladder import ChangeCallback, DegradingBackend, LadderCode
 from agent.inference.model import ModelFolder, load_model_folder
-from agent.inference.onnxrt import create_backend
 from agent.ingest.camera import CameraState, CameraWorker
 from agent.ingest.mailbox import FrameHub
 from agent.lane import CameraLane, SnapshotPolicy
@@ -76,7 +81,7 @@ class Agent:
         *,
         max_frames: int | None = None,
         extra_sinks: list[EventSink] | None = None,
-        backend_factory: Callable[[ModelFolder], Backend] | None = None,
+        backends: BackendFactory | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
@@ -84,7 +89,8 @@ class Agent:
         self._started = 0.0
         self.boot_id = next_boot_id(cfg.device.state_dir)
         self.model = load_model_folder(cfg.model.path, verify_sha256=cfg.model.verify_sha256)
-        self._make_backend = backend_factory or (lambda m: create_backend(cfg.backend, m))
+        self._workers_n = worker_count(cfg)
+        self._make_backend = backends or backend_factory(cfg, self._ladder_callback)
         self._swap_lock = threading.Lock()
         self.detectors = self._make_detectors(self.model)
         self.notifier = notifier or Notifier()
@@ -96,7 +102,10 @@ class Agent:
         self.system_events = SystemEvents(cfg.device.id, self.boot_id, self.dispatcher.emit)
         self.resources = ResourceGuard(cfg.resources, disk_path=cfg.device.state_dir)
         self.resource_state: ResourceState | None = None
+        self.rates = FairRateController(cfg.overload)
+        self.overload: OverloadDecision | None = None
         self.hub = FrameHub()
+        self._live: set[str] = set()
         cameras = [c for c in cfg.cameras if c.enabled]
         self.lanes = {c.id: self._make_lane(c, max_frames) for c in cameras}
         self.camera_states: dict[str, CameraState] = {c.id: CameraState.CONNECTING for c in cameras}
@@ -112,11 +121,11 @@ class Agent:
         return [
             Detector(
                 model,
-                self._make_backend(model),
+                self._make_backend(model, f"infer-{i}"),
                 score_threshold=self.cfg.model.score_threshold,
                 nms_threshold=self.cfg.model.nms_threshold,
             )
-            for _ in range(self.cfg.backend.workers)
+            for i in range(self._workers_n)
         ]
 
     def current_model(self) -> ModelFolder:
@@ -178,6 +187,8 @@ class Agent:
 
     def _make_supervisor(self) -> Supervisor:
         jobs = [PeriodicJob("drift", 1.0, self._check_drift)]
+        if self.cfg.overload.enabled:
+            jobs.append(PeriodicJob("overload", self.cfg.overload.interval_s, self._control_rates))
         if self.cfg.resources.enabled:
             jobs.append(PeriodicJob("resources", self.cfg.resources.poll_interval_s, self._guard))
         return Supervisor(
@@ -208,6 +219,8 @@ class Agent:
     def _make_camera(self, cam: CameraConfig) -> CameraWorker:
         live = not (cam.source.type == "file" and not cam.source.pace)
         self.hub.register(cam.id, "latest" if live else "block")
+        if live:
+            self._live.add(cam.id)
         return CameraWorker(cam, self.hub, self.stop_event, on_state=self._on_camera_state)
 
     def _on_camera_state(self, camera_id: str, state: CameraState, reason: str) -> None:
@@ -250,6 +263,54 @@ class Agent:
                 ",".join(c.value for c in state.codes) or "-",
             )
 
+    def _ladder_callback(self, label: str) -> ChangeCallback:
+        """Backend rung changes become a `backend-degraded.<worker>` condition (once each)."""
+        rule = f"backend-degraded.{label}"
+
+        def changed(old: str | None, new: str | None, code: LadderCode, detail: str) -> None:
+            attrs = {"from": old, "to": new, "code": code.value, "detail": detail}
+            log.warning("backend rung worker=%s from=%s to=%s code=%s", label, old, new, code.value)
+            ladder = self._ladders().get(label)
+            degraded = ladder.mode.degraded if ladder is not None else code is not LadderCode.OK
+            if new is None or degraded:
+                self.system_events.raise_("device", rule, "backend", attrs)
+            else:
+                self.system_events.clear("device", rule, "backend", attrs)
+
+        return changed
+
+    def _ladders(self) -> dict[str, DegradingBackend]:
+        detectors = getattr(self, "detectors", [])
+        return {
+            f"infer-{i}": d.backend
+            for i, d in enumerate(detectors)
+            if isinstance(d.backend, DegradingBackend)
+        }
+
+    def _control_rates(self) -> None:
+        """Fair per-camera target fps for live cameras from drops and inference capacity."""
+        live = {c.camera_id: c for c in self.cameras if c.camera_id in self._live}
+        if not live:
+            return
+        hub = {cid: st for cid, st in self.hub.stats().items() if cid in live}
+        stats = {cid: cam.stats() for cid, cam in live.items()}
+        caps = {c.id: c.max_fps for c in self.cfg.cameras if c.id in live}
+        mean_s = [w.inference_latency.mean_s() for w in self.workers]
+        per_worker = [1.0 / m for m in mean_s if m]
+        capacity = sum(per_worker) if per_worker else 0.0
+        fps_caps = [lad.mode.max_fps for lad in self._ladders().values() if lad.mode.max_fps]
+        scale = self.resource_state.fps_scale if self.resource_state is not None else 1.0
+        decision = self.rates.update(
+            time.monotonic(),
+            samples_from(hub, stats, caps),
+            capacity_fps=capacity,
+            scale=scale,
+            fps_cap=min(fps_caps) if fps_caps else None,
+        )
+        self.overload = decision
+        for cid, cam in live.items():
+            cam.set_target_fps(decision.targets.get(cid))
+
     def heartbeats(self) -> dict[str, float]:
         """Last beat (monotonic) of each essential stage; a dead live camera thread is 0."""
         beats = {w.name: w.last_beat for w in self.workers}
@@ -276,6 +337,7 @@ class Agent:
         for camera in self.cameras:
             camera.start()
         self.supervisor.start()
+        start_engine_builds(self.cfg, self.model)
         log.info(
             "agent started device=%s boot=%d cameras=%d workers=%d model=%s@%s",
             self.cfg.device.id,
@@ -350,12 +412,15 @@ class Agent:
             "cameras": cameras,
             "inference": {
                 "backend": self.detectors[0].backend.name,
-                "degraded": False,
+                "degraded": any(lad.mode.degraded for lad in self._ladders().values()),
+                "ladders": {k: lad.stats() for k, lad in self._ladders().items()},
+                "latency_ms": self.workers[0].inference_latency.percentiles_ms(),
                 "workers": len(self.workers),
                 "failures": sum(w.failures for w in self.workers),
                 "wedged": self.supervisor.wedged,
             },
             "system": None if self.resource_state is None else self.resource_state.to_health(),
+            "overload": None if self.overload is None else self.overload.to_health(),
         }
 
     def summary(self) -> RunSummary:

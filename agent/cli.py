@@ -172,6 +172,70 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     )
 
 
+def _trt_config(args: argparse.Namespace) -> Any:
+    from agent.config import TensorRTBackendConfig
+
+    return TensorRTBackendConfig(
+        type="tensorrt", precision=args.precision, cache_dir=args.cache_dir
+    )
+
+
+def _cmd_models_build_engine(args: argparse.Namespace) -> int:
+    from agent.inference.tensorrt.cli_ops import build_engine_cmd
+
+    return build_engine_cmd(Path(args.model_dir), _trt_config(args), sys.stdout)
+
+
+def _cmd_models_verify(args: argparse.Namespace) -> int:
+    from agent.config import OnnxRuntimeBackendConfig
+    from agent.inference.tensorrt.cli_ops import verify_cmd
+
+    cfg = (
+        _trt_config(args)
+        if args.backend == "tensorrt"
+        else OnnxRuntimeBackendConfig(type="onnxruntime", providers=args.providers)
+    )
+    return verify_cmd(Path(args.model_dir), cfg, sys.stdout)
+
+
+def _add_models_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="model folders: TensorRT engines, verification")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    build = msub.add_parser("build-engine", help="build (or reuse) the TensorRT engine")
+    verify = msub.add_parser(
+        "verify", help="compare a backend's outputs with ONNX Runtime CPU on golden inputs"
+    )
+    for p, func in ((build, _cmd_models_build_engine), (verify, _cmd_models_verify)):
+        p.add_argument("model_dir", help="model folder (ONNX + model.json)")
+        p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
+        p.add_argument("--cache-dir", type=Path, default=None, help="engine cache folder")
+        p.set_defaults(func=func)
+    verify.add_argument("--backend", choices=["tensorrt", "onnxruntime"], default="tensorrt")
+    verify.add_argument(
+        "--providers",
+        nargs="+",
+        default=["CPUExecutionProvider"],
+        help="ONNX Runtime providers for --backend onnxruntime",
+    )
+
+
+def _add_listen_parser(sub: Any) -> None:
+    lis = sub.add_parser("listen", help="print events from an MQTT broker (for operators)")
+    lis.add_argument("--host", default="127.0.0.1")
+    lis.add_argument("--port", type=int, default=1883)
+    lis.add_argument("--prefix", default="edge")
+    lis.add_argument("--device", default="+", help="device id, or + for all")
+    lis.add_argument("--json", action="store_true", help="one JSON object per line")
+    lis.add_argument("--max-events", type=int, default=None)
+    lis.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    lis.add_argument("--username", default=None)
+    lis.add_argument("--password-file", default=None)
+    lis.add_argument("--ca-file", default=None)
+    lis.add_argument("--cert-file", default=None)
+    lis.add_argument("--key-file", default=None)
+    lis.set_defaults(func=_cmd_listen)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -199,20 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     sch.add_argument("-o", "--output", default=None)
     sch.set_defaults(func=_cmd_schema)
 
-    lis = sub.add_parser("listen", help="print events from an MQTT broker (for operators)")
-    lis.add_argument("--host", default="127.0.0.1")
-    lis.add_argument("--port", type=int, default=1883)
-    lis.add_argument("--prefix", default="edge")
-    lis.add_argument("--device", default="+", help="device id, or + for all")
-    lis.add_argument("--json", action="store_true", help="one JSON object per line")
-    lis.add_argument("--max-events", type=int, default=None)
-    lis.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
-    lis.add_argument("--username", default=None)
-    lis.add_argument("--password-file", default=None)
-    lis.add_argument("--ca-file", default=None)
-    lis.add_argument("--cert-file", default=None)
-    lis.add_argument("--key-file", default=None)
-    lis.set_defaults(func=_cmd_listen)
+    _add_models_parser(sub)
+    _add_listen_parser(sub)
 
     assets = sub.add_parser("assets", help="sample model and video")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

@@ -21,6 +21,12 @@ class LatencyWindow:
             self._samples.append(seconds)
             self.count += 1
 
+    def mean_s(self) -> float | None:
+        """Mean of the window in seconds (None when empty)."""
+        with self._lock:
+            n = len(self._samples)
+            return sum(self._samples) / n if n else None
+
     def percentiles_ms(self, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
         with self._lock:
             data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))

@@ -10,6 +10,7 @@ from agent.config.inference import (
     OnnxRuntimeBackendConfig,
     TrackerConfig,
 )
+from agent.config.ladder import LadderConfig, OverloadConfig
 from agent.config.root import (
     SCHEMA_VERSION,
     AgentConfig,
@@ -30,6 +31,7 @@ from agent.config.sources import (
     SourceConfig,
     UsbSourceConfig,
 )
+from agent.config.tensorrt import TensorRTBackendConfig
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,15 +42,18 @@ __all__ = [
     "CountRuleConfig",
     "DeviceConfig",
     "FileSourceConfig",
+    "LadderConfig",
     "LineRuleConfig",
     "LoggingConfig",
     "ModelConfig",
     "OnnxRuntimeBackendConfig",
     "OutputsConfig",
+    "OverloadConfig",
     "ReconnectConfig",
     "RtspSourceConfig",
     "RuleConfig",
     "SourceConfig",
+    "TensorRTBackendConfig",
     "TrackerConfig",
     "UsbSourceConfig",
     "ZoneRuleConfig",

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from agent.config.base import StrictModel
+from agent.config.tensorrt import TensorRTBackendConfig
 
 
 class OnnxRuntimeBackendConfig(StrictModel):
@@ -29,7 +30,9 @@ class OnnxRuntimeBackendConfig(StrictModel):
     )
 
 
-BackendConfig = Annotated[OnnxRuntimeBackendConfig, Field(discriminator="type")]
+BackendConfig = Annotated[
+    OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")
+]
 
 
 class ModelConfig(StrictModel):

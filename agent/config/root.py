@@ -17,6 +17,7 @@ from agent.config.inference import (
     OnnxRuntimeBackendConfig,
     TrackerConfig,
 )
+from agent.config.ladder import LadderConfig, OverloadConfig
 from agent.config.mqtt import MqttConfig
 from agent.config.sources import CameraConfig
 
@@ -88,6 +89,14 @@ class AgentConfig(StrictModel):
     mqtt: MqttConfig | None = Field(
         default=None, description="MQTT publishing (docs/protocol.md); null disables it."
     )
+    ladder: LadderConfig | None = Field(
+        default=None,
+        description="Degradation ladder of backends (docs/degradation.md); null runs the "
+        "single `backend` (a `tensorrt` backend always gets ONNX Runtime CPU below it).",
+    )
+    overload: OverloadConfig = Field(
+        default_factory=OverloadConfig, description="Fair per-camera fps under overload."
+    )
     drift: DriftConfig = Field(
         default_factory=DriftConfig, description="Input and output drift monitoring."
     )
@@ -138,7 +147,7 @@ def format_validation_error(exc: ValidationError, source: str, root: yaml.Node |
     return "\n".join(lines)
 
 
-_UNION_TAGS = {"file", "rtsp", "usb", "zone", "line", "count", "onnxruntime"}
+_UNION_TAGS = {"file", "rtsp", "usb", "zone", "line", "count", "onnxruntime", "tensorrt"}
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
@@ -192,8 +201,12 @@ def _rebase(cfg: AgentConfig, base: Path) -> AgentConfig:
         mqtt = mqtt.model_copy(
             update={"tls": tls, "password_file": fix(pw) if pw is not None else None}
         )
+    backend = cfg.backend
+    if backend.type == "tensorrt" and backend.cache_dir is not None:
+        backend = backend.model_copy(update={"cache_dir": fix(backend.cache_dir)})
     return cfg.model_copy(
         update={
+            "backend": backend,
             "mqtt": mqtt,
             "device": cfg.device.model_copy(update={"state_dir": fix(cfg.device.state_dir)}),
             "model": cfg.model.model_copy(update={"path": fix(cfg.model.path)}),
