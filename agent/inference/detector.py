@@ -18,6 +18,7 @@ from typing import Any
 import av
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
 
 from agent.inference.backend import Backend
 from agent.inference.decoders import Candidates, decode_nms, decode_yolov8, decode_yolox
@@ -56,6 +57,7 @@ class Detector:
         m = model.manifest
         self.model = model
         self.backend = backend
+        self._reformatter = VideoReformatter()
         self.labels: list[str] = list(m.labels)
         self.score_threshold = m.score_threshold if score_threshold is None else score_threshold
         self.nms_threshold = m.nms_threshold if nms_threshold is None else nms_threshold
@@ -80,7 +82,12 @@ class Detector:
         lb = self.letterbox_for(frame.width, frame.height)
         inp = self._input
         letterbox_frame(
-            frame, lb, self._img, channel_order=inp.channel_order, pad_value=inp.pad_value
+            frame,
+            lb,
+            self._img,
+            channel_order=inp.channel_order,
+            pad_value=inp.pad_value,
+            reformatter=self._reformatter,
         )
         return to_nchw_float(self._img, inp.scale, self._tensor), lb
 

@@ -131,3 +131,18 @@ def test_to_nchw_float_transposes_and_scales() -> None:
     scaled = to_nchw_float(img, 1 / 255, out)
     assert scaled is out
     np.testing.assert_allclose(scaled[0, 2], img[:, :, 2] / 255, rtol=1e-6)
+
+
+def test_reused_reformatter_gives_the_same_pixels_as_a_fresh_one() -> None:
+    from av.video.reformatter import VideoReformatter
+
+    rng = np.random.default_rng(3)
+    reformatter = VideoReformatter()
+    lb = compute_letterbox(768, 576, 416, 416)
+    for _ in range(3):  # the same context serves frame after frame
+        frame = av.VideoFrame.from_ndarray(
+            rng.integers(0, 255, (576, 768, 3), dtype=np.uint8), format="bgr24"
+        ).reformat(format="yuv420p")
+        fresh = letterbox_frame(frame, lb)
+        reused = letterbox_frame(frame, lb, reformatter=reformatter)
+        np.testing.assert_array_equal(fresh, reused)
