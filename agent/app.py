@@ -196,7 +196,8 @@ class Agent:
             stop=self.stop_event,
             heartbeats=self.heartbeats,
             status=self.status_line,
-            watchdog_interval_s=watchdog_interval_s() or 5.0,
+            stage_timeout_s=self.cfg.supervisor.stage_timeout_s,
+            watchdog_interval_s=watchdog_interval_s() or self.cfg.supervisor.watchdog_interval_s,
             jobs=jobs,
         )
 

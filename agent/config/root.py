@@ -75,6 +75,23 @@ class LoggingConfig(StrictModel):
     )
 
 
+class SupervisorConfig(StrictModel):
+    stage_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A stage (inference worker, camera thread) that has not beaten for this "
+        "long counts as wedged: the systemd watchdog is no longer pinged. Keep it above the "
+        "longest legitimate inference and below the unit's WatchdogSec.",
+    )
+    watchdog_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Ping interval when systemd sets no WATCHDOG_USEC (otherwise half of it).",
+    )
+
+
 class AgentConfig(StrictModel):
     schema_version: Literal[1] = Field(description="Config schema version (this agent reads 1).")
     device: DeviceConfig = Field(description="Identity and state.")
@@ -96,6 +113,9 @@ class AgentConfig(StrictModel):
     )
     overload: OverloadConfig = Field(
         default_factory=OverloadConfig, description="Fair per-camera fps under overload."
+    )
+    supervisor: SupervisorConfig = Field(
+        default_factory=SupervisorConfig, description="Stage heartbeats and the watchdog."
     )
     drift: DriftConfig = Field(
         default_factory=DriftConfig, description="Input and output drift monitoring."

@@ -48,7 +48,7 @@ class Supervisor(threading.Thread):
         self._status = status
         self._stage_timeout_s = stage_timeout_s
         self._watchdog_interval_s = watchdog_interval_s
-        self._tick_s = tick_s
+        self._tick_s = min(tick_s, watchdog_interval_s / 2)
         self._jobs = jobs or []
         self._clock = clock
         self._limiter = RateLimitedLog(30.0)
