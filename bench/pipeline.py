@@ -1,0 +1,487 @@
+"""Pipeline benchmark: the real agent on the sample video, against what a user gets without it.
+
+Measured in one run, on one machine (see docs/benchmarks.md for how to read it):
+
+1. end to end: the real `Agent` (configs/demo.yaml rules, unpaced file, console off),
+   frames/s over the whole video, median of repeats, for 1 and 2 inference workers;
+2. inference only in a default ONNX Runtime session (bench/baselines.py);
+3. each stage's CPU seconds per frame in isolation, one thread, and the frames/s
+   bound they imply for this machine's cores;
+4. the naive sequential loop a user would write (bench/baselines.py);
+5. the ratios against the targets of issue 2, PASS or MISS;
+6. live capacity: how many paced 10 fps copies of the video the agent sustains with
+   under 1 % dropped frames, with frame and event latency percentiles (bench/live.py).
+
+    .venv/bin/python bench/pipeline.py --json bench/out/pipeline.json   # ~4 min on 2 cores
+    .venv/bin/python bench/pipeline.py --quick                          # ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import av
+import numpy as np
+import onnxruntime as ort
+from av.video.reformatter import VideoReformatter
+
+from agent.app import Agent
+from agent.config import AgentConfig
+from agent.dispatch import EventDispatcher, build_sinks
+from agent.inference.detector import Detector
+from agent.inference.model import load_model_folder
+from agent.inference.onnxrt import OnnxRuntimeBackend
+from agent.inference.preprocess import (
+    DEFAULT_INTERPOLATION,
+    alloc_input_image,
+    compute_letterbox,
+    letterbox_frame,
+    to_nchw_float,
+)
+from agent.ingest.source import DecodedFrame, SourceSpec, open_source
+from agent.outputs.snapshot import SnapshotStore, render_snapshot
+from agent.rules.engine import RuleEngine
+from agent.tracking.bytetrack import ByteTracker
+from agent.types import Event, EventPhase, EventRecord
+from bench import baselines
+from bench.common import (
+    CpuMeter,
+    agent_config,
+    cores,
+    find_video,
+    fmt,
+    load_average,
+    median,
+    now_utc,
+    progress,
+    rnd,
+    table,
+    try_plot,
+)
+from bench.live import live_capacity
+
+STAGES = (
+    "decode",
+    "letterbox",
+    "to_tensor",
+    "inference",
+    "postprocess",
+    "tracking",
+    "rules",
+    "outputs",
+)
+TARGETS = {
+    "end_to_end / default_inference": 1.2,
+    "end_to_end / naive_loop": 2.5,
+    "end_to_end / stage_bound": 0.8,
+}
+
+
+# --- 1. end to end --------------------------------------------------------------------
+
+
+def end_to_end(
+    video: Path, work: Path, workers: int, repeats: int, limit: int | None
+) -> dict[str, Any]:
+    runs = []
+    for r in range(repeats):
+        cfg = agent_config(video, work / f"e2e-w{workers}-{r}", workers=workers)
+        agent = Agent(cfg, max_frames=limit)
+        with CpuMeter() as meter:
+            agent.start()
+            agent.wait(poll_s=0.005)
+        summary = agent.close()
+        cam = summary.cameras["cam00"]
+        frames = int(cam["frames_processed"])
+        m = meter.result
+        runs.append(
+            {
+                "fps": round(frames / m.wall_s, 2),
+                "frames": frames,
+                "events": summary.events,
+                "cpu_s_per_frame": round(m.cpu_s / max(1, frames), 5),
+                "cpu_utilisation": round(m.cpu_s / (m.wall_s * cores()), 3),
+                **m.as_dict(),
+            }
+        )
+        progress(f"end to end workers={workers} run {r + 1}/{repeats}: {runs[-1]['fps']:.1f} fps")
+    return {"workers": workers, "fps": median([r["fps"] for r in runs]), "runs": runs}
+
+
+# --- 3. stages in isolation -------------------------------------------------------------
+
+
+class StageRig:
+    """The agent's per-frame stages wired by hand on one thread, each timed on its own.
+
+    Timed with the process CPU clock so helper threads a library starts (swscale's
+    slice threads) are counted too; no other thread of ours is busy meanwhile.
+    """
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        model = load_model_folder(cfg.model.path)
+        self.det = Detector(model, OnnxRuntimeBackend(model.onnx_path, intra_op_threads=1))
+        self.det.warm_up()
+        self.cam = cfg.cameras[0]
+        self.tracker = ByteTracker(cfg.tracker)
+        labels = model.manifest.labels
+        self.rules = RuleEngine(cfg.device.id, 0, self.cam.id, self.cam.rules, labels)
+        self.dispatcher = EventDispatcher(build_sinks(cfg))
+        self.snaps = cfg.outputs.snapshots
+        self.store = SnapshotStore(self.snaps.dir) if self.snaps is not None else None
+        self.inp = inp = model.manifest.input
+        spec = SourceSpec.from_config(self.cam.source, self.cam.stall_timeout_s, 1)
+        self.source = open_source(spec)
+        w, h = self.source.width, self.source.height
+        self.lb = compute_letterbox(w, h, inp.width, inp.height, inp.letterbox)
+        self.img = alloc_input_image(self.lb, inp.pad_value)
+        self.tensor = np.empty((1, 3, inp.height, inp.width), np.float32)
+        self.events = 0
+
+    def _outputs(self, frame: av.VideoFrame, raised: list[Event]) -> None:
+        """As the lane does: a snapshot JPEG per START, every phase to the sinks."""
+        for event in raised:
+            jpeg = path = None
+            if event.phase is EventPhase.START and self.snaps is not None:
+                caption = f"{event.label} {event.score:.2f} {event.rule_id}"
+                jpeg = render_snapshot(
+                    frame,
+                    event.box,
+                    caption,
+                    max_width=self.snaps.max_width,
+                    quality=self.snaps.jpeg_quality,
+                )
+                if self.store is not None:
+                    path = str(self.store.save(self.cam.id, event.event_id, jpeg))
+            self.dispatcher.emit(EventRecord(event, snapshot_jpeg=jpeg, snapshot_path=path))
+        self.events += len(raised)
+
+    def step(self, decoded: DecodedFrame, seq: int) -> list[float]:
+        """Run one frame through every stage after decode; CPU seconds of each."""
+        clock, inp, lb = time.process_time, self.inp, self.lb
+        t1 = clock()
+        letterbox_frame(
+            decoded.frame, lb, self.img, channel_order=inp.channel_order, pad_value=inp.pad_value
+        )
+        t2 = clock()
+        to_nchw_float(self.img, inp.scale, self.tensor)
+        t3 = clock()
+        outputs = self.det.backend.infer(self.tensor)
+        t4 = clock()
+        dets = self.det.postprocess(outputs, lb)
+        t5 = clock()
+        tracks = self.tracker.update(dets, decoded.stream_time)
+        t6 = clock()
+        raised = self.rules.update(
+            tracks,
+            width=lb.src_w,
+            height=lb.src_h,
+            stream_time=decoded.stream_time,
+            wall_time=time.time(),
+            frame_seq=seq,
+        )
+        t7 = clock()
+        self._outputs(decoded.frame, raised)
+        t8 = clock()
+        return [t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t8 - t7]
+
+    def close(self) -> None:
+        self.source.close()
+        self.dispatcher.close()
+        self.det.close()
+
+
+def isolated_stages(cfg: AgentConfig, limit: int) -> dict[str, Any]:
+    """CPU seconds per frame of each stage in isolation, and the bound they imply."""
+    rig = StageRig(cfg)
+    totals = np.zeros(len(STAGES))
+    frames = 0
+    stream = rig.source.frames()
+    with CpuMeter() as meter:
+        while frames < limit:
+            t0 = time.process_time()
+            decoded = next(stream, None)
+            decode_s = time.process_time() - t0
+            if decoded is None:
+                break
+            totals += [decode_s, *rig.step(decoded, frames)]
+            frames += 1
+    stream.close()
+    rig.close()
+    per_frame = {k: float(v) / max(1, frames) for k, v in zip(STAGES, totals, strict=True)}
+    total = sum(per_frame.values())
+    return {
+        "frames": frames,
+        "events": rig.events,
+        "cpu_s_per_frame": {k: round(v, 6) for k, v in per_frame.items()},
+        "sum_cpu_s_per_frame": round(total, 6),
+        "cores": cores(),
+        "bound_fps": cores() / total,
+        "letterbox_size": [rig.lb.new_w, rig.lb.new_h],
+        "background_cores": rnd(meter.result.background_cores, 2),
+    }
+
+
+def letterbox_variants(video: Path, limit: int, width: int, height: int) -> dict[str, float]:
+    """CPU ms per frame of the swscale resize+convert: per-frame context vs a reused one.
+
+    `VideoFrame.reformat` builds a new SwsContext (with an automatic slice-thread pool)
+    for every new frame, which is what the agent's letterbox does today.
+    """
+    shared = VideoReformatter()
+    kwargs: dict[str, Any] = {"width": width, "height": height, "format": "bgr24"}
+    kwargs["interpolation"] = DEFAULT_INTERPOLATION
+    totals = {"frame.reformat (today)": 0.0, "shared VideoReformatter, threads=1": 0.0}
+    frames = 0
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "NONE"
+        for frame in container.decode(stream):
+            if frames >= limit:
+                break
+            t0 = time.process_time()
+            shared.reformat(frame, threads=1, **kwargs).to_ndarray()
+            t1 = time.process_time()
+            frame.reformat(**kwargs).to_ndarray()
+            t2 = time.process_time()
+            totals["shared VideoReformatter, threads=1"] += t1 - t0
+            totals["frame.reformat (today)"] += t2 - t1
+            frames += 1
+    return {k: round(1000 * v / max(1, frames), 3) for k, v in totals.items()}
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def ratios(fig: dict[str, Any]) -> list[dict[str, Any]]:
+    e2e = fig["end_to_end"]["headline_fps"]
+    denominators = {
+        "end_to_end / default_inference": fig["default_inference"]["fps"],
+        "end_to_end / naive_loop": fig["naive_loop"]["fps"],
+        "end_to_end / stage_bound": fig["stages"]["bound_fps"],
+    }
+    out = []
+    for name, target in TARGETS.items():
+        value = e2e / denominators[name]
+        out.append(
+            {"ratio": name, "value": round(value, 3), "target": target, "pass": value >= target}
+        )
+    return out
+
+
+def report(fig: dict[str, Any]) -> str:
+    e2e = fig["end_to_end"]
+    rows = [
+        [
+            f"agent end to end, workers={w['workers']}",
+            fmt(w["fps"]),
+            fmt(w["runs"][0]["background_cores"], 2),
+            ", ".join(fmt(r["fps"]) for r in w["runs"]),
+        ]
+        for w in e2e["by_workers"]
+    ]
+    d, p, n = fig["default_inference"], fig["parallel_inference"], fig["naive_loop"]
+    rows.append(
+        [
+            "inference only, default ORT session",
+            fmt(d["fps"]),
+            fmt(d["background_cores"], 2),
+            ", ".join(fmt(v) for v in d["block_fps"]),
+        ]
+    )
+    rows.append(
+        [
+            f"inference only, {p['sessions']} x 1-thread sessions",
+            fmt(p["fps"]),
+            fmt(p["background_cores"], 2),
+            "",
+        ]
+    )
+    rows.append(
+        ["naive loop (PyAV, PIL, ORT, numpy)", fmt(n["fps"]), fmt(n["background_cores"], 2), ""]
+    )
+    st = fig["stages"]
+    rows.append(
+        [
+            f"stage bound ({st['cores']} cores / CPU per frame)",
+            fmt(st["bound_fps"]),
+            fmt(st["background_cores"], 2),
+            "",
+        ]
+    )
+    out = [table("Throughput (frames/s)", ["", "frames/s", "background cores", "runs"], rows)]
+    stage_rows = [
+        [k, fmt(1000 * v, 3), fmt(100 * v / st["sum_cpu_s_per_frame"])]
+        for k, v in st["cpu_s_per_frame"].items()
+    ]
+    stage_rows.append(["sum", fmt(1000 * st["sum_cpu_s_per_frame"], 3), "100.0"])
+    for w in e2e["by_workers"]:
+        cpu = median([r["cpu_s_per_frame"] for r in w["runs"]])
+        stage_rows.append(
+            [
+                f"(agent, workers={w['workers']}: process CPU)",
+                fmt(1000 * cpu, 3),
+                fmt(100 * cpu / st["sum_cpu_s_per_frame"]),
+            ]
+        )
+    out.append(
+        table(
+            "Stages in isolation (CPU ms per frame, one thread)",
+            ["stage", "ms", "% of sum"],
+            stage_rows,
+        )
+    )
+    lv = [[k, fmt(v, 3)] for k, v in fig["letterbox_variants_ms"].items()]
+    out.append(table("swscale resize + BGR (CPU ms per frame)", ["variant", "ms"], lv))
+    rr = [
+        [r["ratio"], fmt(r["value"], 2), f">= {r['target']}", "PASS" if r["pass"] else "MISS"]
+        for r in fig["ratios"]
+    ]
+    out.append(table("Targets", ["ratio", "value", "target", ""], rr))
+    live = fig.get("live")
+    if live:
+        lrows = [
+            [
+                t["cameras"],
+                fmt(100 * t["drop_fraction"], 2),
+                fmt(100 * t["delivered_share"]),
+                fmt(t["frame_latency_ms"]["p50"]),
+                fmt(t["frame_latency_ms"]["p99"]),
+                fmt(t["event_latency_ms"]["p50"]),
+                fmt(t["event_latency_ms"]["p99"]),
+                "yes" if t["sustained"] else "no",
+            ]
+            for t in live["trials"]
+        ]
+        head = [
+            "cameras",
+            "drop %",
+            "delivered %",
+            "frame p50 ms",
+            "frame p99",
+            "event p50 ms",
+            "event p99",
+            "sustained",
+        ]
+        title = (
+            f"Live capacity (paced {live['camera_fps']:g} fps copies, {live['window_s']:g} s "
+            f"windows): max sustained N = {live['max_sustained']}"
+        )
+        out.append(table(title, head, lrows))
+    return "\n".join(out)
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    ap.add_argument("--plot", type=Path, help="PNG plot path (default: next to --json)")
+    ap.add_argument("--quick", action="store_true", help="short run (~1 min), rough figures")
+    ap.add_argument("--video", help="video file (default: the sample vtest.avi)")
+    ap.add_argument("--repeats", type=int, help="end-to-end repeats (default 3, quick 1)")
+    ap.add_argument("--window-s", type=float, help="live window per N (default 20, quick 5)")
+    ap.add_argument("--max-cameras", type=int, default=64, help="cap of the live search")
+    ap.add_argument("--skip-live", action="store_true", help="skip the live capacity search")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    quick = args.quick
+    video = find_video(args.video)
+    frames_cap = 300 if quick else 100_000
+    repeats = args.repeats or (1 if quick else 3)
+    fig: dict[str, Any] = {
+        "meta": {
+            "started_utc": now_utc(),
+            "quick": quick,
+            "cores": cores(),
+            "python": sys.version.split()[0],
+            "onnxruntime": ort.__version__,
+            "av": av.__version__,
+            "numpy": np.__version__,
+            "video": str(video),
+            "load_average_start": load_average(),
+        }
+    }
+    base_cfg = agent_config(video, work / "stages", workers=1)
+    model = load_model_folder(base_cfg.model.path)
+
+    progress("stages in isolation (one thread)")
+    fig["stages"] = isolated_stages(base_cfg, frames_cap)
+    new_w, new_h = fig["stages"]["letterbox_size"]
+    fig["letterbox_variants_ms"] = letterbox_variants(video, frames_cap, new_w, new_h)
+
+    progress("inference only: default session, then one 1-thread session per core")
+    tensors = baselines.sample_tensors(video, model, 32)
+    runs = 240 if quick else 795
+    fig["default_inference"] = baselines.default_session_fps(model.onnx_path, tensors, runs)
+    fig["parallel_inference"] = baselines.parallel_sessions_fps(
+        model.onnx_path, tensors, runs, cores()
+    )
+    del tensors
+
+    progress("naive sequential loop")
+    fig["naive_loop"] = baselines.naive_loop(video, model, 150 if quick else 795)
+
+    by_workers = [
+        end_to_end(video, work, w, repeats, frames_cap if quick else None) for w in (1, 2)
+    ]
+    fig["end_to_end"] = {
+        "by_workers": by_workers,
+        "headline_workers": 2,
+        "headline_fps": by_workers[1]["fps"],
+    }
+    fig["ratios"] = ratios(fig)
+
+    if not args.skip_live:
+        window = args.window_s or (5.0 if quick else 20.0)
+        warmup = 2.0 if quick else 3.0
+        max_n = min(args.max_cameras, 8 if quick else 64)
+        fig["live"] = live_capacity(
+            video, work, workers=2, warmup_s=warmup, window_s=window, max_n=max_n
+        )
+    fig["throughput_fps"] = {
+        "naive loop": fig["naive_loop"]["fps"],
+        "default ORT session (inference only)": fig["default_inference"]["fps"],
+        "agent, 1 worker": by_workers[0]["fps"],
+        "agent, 2 workers": by_workers[1]["fps"],
+        "stage bound": fig["stages"]["bound_fps"],
+    }
+    fig["meta"]["finished_utc"] = now_utc()
+    fig["meta"]["load_average_end"] = load_average()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        fig = run(args, Path(tmp))
+    print(report(fig))
+    meta = fig["meta"]
+    print(
+        f"\nrun {meta['started_utc']} .. {meta['finished_utc']}, {meta['cores']} cores, "
+        f"load average {meta['load_average_start']} -> {meta['load_average_end']}"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(fig, indent=2, default=str) + "\n", encoding="utf-8")
+        progress(f"figures written to {args.json}")
+    plot = args.plot or (args.json.with_suffix(".png") if args.json else None)
+    if plot is not None and "live" in fig:
+        progress(try_plot(fig, plot))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
