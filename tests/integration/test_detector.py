@@ -8,7 +8,6 @@ written out plainly. The detector must find the same objects with the same boxes
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,20 +270,6 @@ def test_threshold_overrides(model: ModelFolder, assets: Path) -> None:
     dets = strict.detect_image(load_image(assets / "person.jpg"))
     strict.close()
     assert len(dets) >= 1 and (dets.scores > 0.85).all()
-
-
-def test_throughput_on_vtest(
-    detector: Detector, vtest_frames: list[av.VideoFrame], record_property: Any
-) -> None:
-    # one single-threaded session, preprocessing and postprocessing included
-    detector.detect_frame(vtest_frames[0])
-    t0 = time.perf_counter()
-    for frame in vtest_frames:
-        detector.detect_frame(frame)
-    fps = len(vtest_frames) / (time.perf_counter() - t0)
-    record_property("detector_fps", round(fps, 1))
-    logging.getLogger(__name__).info("detector fps=%.1f", fps)
-    assert fps > 20  # a floor against gross regressions only; see docs/models.md
 
 
 def test_json_for_the_cli(detector: Detector, model: ModelFolder, assets: Path) -> None:
