@@ -402,6 +402,8 @@ class Agent:
                 "state": self.camera_states[cid].value,
                 "frames_decoded": stats.get("frames_decoded", 0),
                 "frames_processed": lane.frames_processed,
+                "detections": lane.detections,
+                "confidence_sum": round(lane.confidence_sum, 3),
                 "drops": hub.get(cid, {}).get("dropped", 0),
                 "skipped": stats.get("skipped", 0),
                 "reconnects": stats.get("reconnects", 0),

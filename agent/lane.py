@@ -86,6 +86,7 @@ class CameraLane:
         self.frames_ignored = 0
         self.events = 0
         self.detections = 0
+        self.confidence_sum = 0.0
         self.frame_latency = LatencyWindow()
         self.event_latency = LatencyWindow()
 
@@ -165,6 +166,7 @@ class CameraLane:
         self._last_packet = pkt
         self.frames_processed += 1
         self.detections += len(dets)
+        self.confidence_sum += float(dets.scores.sum())
         for event in events:
             self._emit_event(event, pkt)
         if self.drift is not None and self.drift.due(t):

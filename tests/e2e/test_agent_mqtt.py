@@ -63,4 +63,5 @@ def test_vtest_events_reach_a_subscriber_valid_against_the_schemas(
     health = [validate("health", m.payload) for m in collector.on("edge/test-dev/health")]
     assert health, "no health report"
     assert "street" in health[-1]["cameras"]
+    assert health[-1]["cameras"]["street"]["detections"] > 0  # the rollout quality gate needs it
     assert health[-1]["inference"]["backend"]
