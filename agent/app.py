@@ -26,6 +26,7 @@ from agent.config import AgentConfig, CameraConfig
 from agent.control.overload import FairRateController, OverloadDecision, samples_from
 from agent.dispatch import EventDispatcher, build_sinks
 from agent.health.drift import DriftMonitor
+from agent.health.prometheus import MetricsServer
 from agent.health.resources import ResourceGuard, ResourceState
 from agent.health.sdnotify import Notifier, watchdog_interval_s
 from agent.health.supervisor import PeriodicJob, Supervisor
@@ -45,6 +46,7 @@ from agent.lane import CameraLane, SnapshotPolicy
 from agent.outputs.base import EventSink
 from agent.outputs.snapshot import SnapshotStore
 from agent.publish import MqttPublisher
+from agent.publish.homeassistant import discovery_from_config
 from agent.rules.engine import RuleEngine
 from agent.state import next_boot_id
 from agent.tracking.bytetrack import ByteTracker
@@ -99,6 +101,7 @@ class Agent:
         if self.publisher is not None:
             sinks.append(self.publisher)
         self.dispatcher = EventDispatcher(sinks)
+        self.metrics = self._make_metrics()
         self.system_events = SystemEvents(cfg.device.id, self.boot_id, self.dispatcher.emit)
         self.resources = ResourceGuard(cfg.resources, disk_path=cfg.device.state_dir)
         self.resource_state: ResourceState | None = None
@@ -177,7 +180,19 @@ class Agent:
             self.cfg.mqtt, self.cfg.device.id, self.cfg.device.state_dir, versions, self.health
         )
         publisher.register_command("rebaseline", self._cmd_rebaseline)
+        publisher.set_discovery(discovery_from_config(self.cfg, versions))
         return publisher
+
+    def _make_metrics(self) -> MetricsServer | None:
+        if not self.cfg.metrics.enabled:
+            return None
+        publisher = self.publisher
+        return MetricsServer(
+            self.cfg.metrics,
+            collect=self.health,
+            publisher_stats=publisher.stats if publisher is not None else None,
+            info={"device": self.cfg.device.id, "agent": __version__},
+        )
 
     def _cmd_rebaseline(self, _request: object) -> dict[str, Any]:
         for lane in self.lanes.values():
@@ -328,6 +343,8 @@ class Agent:
 
     def start(self) -> None:
         self._started = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.start()  # a busy port fails the start before any camera opens
         # READY semantics: the first inference must succeed before any camera opens.
         self.detectors[0].warm_up()
         if self.publisher is not None:
@@ -374,6 +391,8 @@ class Agent:
         """Stop everything in order, end open episodes, close sinks; bounded in time."""
         self.stop_event.set()
         self.notifier.stopping()
+        if self.metrics is not None:
+            self.metrics.stop()
         deadline = time.monotonic() + join_timeout_s
         if self.supervisor.is_alive():
             self.supervisor.join(timeout=1.0)

@@ -89,6 +89,7 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.app import Agent
     from agent.config import ConfigError, load_config
+    from agent.health.prometheus import MetricsError
     from agent.inference.errors import InferenceError
     from agent.logs import configure_logging
     from agent.state import StateError
@@ -109,7 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         agent.start()
         agent.wait()
-    except InferenceError as exc:
+    except (InferenceError, MetricsError) as exc:
         log.error("agent stopped: %s", exc)
         agent.close()
         return EXIT_FAILED

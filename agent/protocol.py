@@ -9,6 +9,7 @@ model here, so both sides validate with exactly the same code. The JSON Schemas 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 import sys
@@ -21,6 +22,8 @@ PAYLOAD_SCHEMA = 1
 """The `schema` field of every JSON payload this module defines."""
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HA_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class ProtocolError(Exception):
@@ -39,6 +42,18 @@ def validate_id(value: str, what: str = "device id") -> str:
             "(no '+', '#', '/', spaces or control characters)"
         )
     return value
+
+
+def ha_id(value: str) -> str:
+    """`value` as a Home Assistant node or object id (`[A-Za-z0-9_-]+`).
+
+    Safe values pass unchanged; otherwise the other characters (from our ids: '.')
+    become '_' and a short hash of the original is appended, so `a.b` and `a_b`
+    never share a discovery topic."""
+    if _HA_ID_RE.fullmatch(value):
+        return value
+    digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:6]
+    return f"{_HA_UNSAFE_RE.sub('_', value)[:57]}_{digest}"
 
 
 class Topics:
@@ -93,6 +108,16 @@ class Topics:
             return None
         name = topic[len(head) :]
         return name if _ID_RE.fullmatch(name) else None
+
+    def ha_discovery(self, discovery_prefix: str, component: str, object_id: str) -> str:
+        """Home Assistant discovery config topic of one entity of this device:
+        `<discovery_prefix>/<component>/<node_id>/<object_id>/config`, node_id being
+        `ha_id(device_id)` (the device id itself when it has no '.')."""
+        levels = {"discovery prefix": discovery_prefix, "component": component, "id": object_id}
+        for what, level in levels.items():
+            if not _HA_ID_RE.fullmatch(level):
+                raise InvalidIdError(f"invalid Home Assistant {what} {level!r}")
+        return f"{discovery_prefix}/{component}/{ha_id(self.device_id)}/{object_id}/config"
 
     @staticmethod
     def fleet_filter(prefix: str, kind: str, device: str = "+") -> str:

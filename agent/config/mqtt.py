@@ -84,6 +84,26 @@ class OutboxConfig(StrictModel):
     )
 
 
+class HomeAssistantConfig(StrictModel):
+    enabled: bool = Field(
+        default=False,
+        description="Publish retained Home Assistant MQTT discovery configs after each "
+        "connect, so cameras and rule sensors appear there without configuration. The "
+        "broker ACL must let the device write `<discovery_prefix>/+/<device id>/+/config`.",
+    )
+    discovery_prefix: str = Field(
+        default="homeassistant",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Home Assistant's discovery prefix (one topic level).",
+    )
+    line_hold_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="A line crossing is instantaneous: its sensor stays on this long.",
+    )
+
+
 class MqttConfig(StrictModel):
     host: str = Field(min_length=1, description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
@@ -138,6 +158,9 @@ class MqttConfig(StrictModel):
         default_factory=MqttBackoffConfig, description="Reconnect backoff."
     )
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Durable outbox.")
+    home_assistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery."
+    )
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:

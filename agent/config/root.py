@@ -18,6 +18,7 @@ from agent.config.inference import (
     TrackerConfig,
 )
 from agent.config.ladder import LadderConfig, OverloadConfig
+from agent.config.metrics import MetricsConfig
 from agent.config.mqtt import MqttConfig
 from agent.config.sources import CameraConfig
 
@@ -113,6 +114,9 @@ class AgentConfig(StrictModel):
     )
     overload: OverloadConfig = Field(
         default_factory=OverloadConfig, description="Fair per-camera fps under overload."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus /metrics endpoint (off by default)."
     )
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Stage heartbeats and the watchdog."

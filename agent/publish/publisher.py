@@ -17,7 +17,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ class MqttPublisher:
         self._reported_lock = threading.Lock()
         self._reported: bytes | None = None
         self._reported_dirty = False
+        self._discovery: tuple[tuple[str, bytes], ...] = ()
         # Owned by the publisher thread.
         self._client: mqtt.Client | None = None
         self._protocol = "3.1.1" if cfg.protocol == "3.1.1" else "5"
@@ -108,6 +109,7 @@ class MqttPublisher:
         self._failures = 0
         self._offline_mid: int | None = None
         self._offline_acked = False
+        self._discovery_mids: dict[int, str] = {}
         self._sender = OutboxSender(self._outbox, cfg.outbox.max_inflight)
         self._events = EventQueue(self._outbox, self._topics, cfg.events_qos)
         self._counters = {"connects": 0, "connect_failures": 0}
@@ -118,6 +120,11 @@ class MqttPublisher:
         """Answer `cmd/<name>` with `handler(request)` (runs on the publisher thread)."""
         self._topics.cmd(name)  # validates the name
         self._commands[name] = handler
+
+    def set_discovery(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Retained (topic, payload) pairs published after the birth on every connect:
+        Home Assistant discovery configs (`agent.publish.homeassistant`)."""
+        self._discovery = tuple(messages)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -288,6 +295,7 @@ class MqttPublisher:
         self._counters["connects"] += 1
         self._sender.reset()
         self._publish_birth(client)
+        self._publish_discovery(client)
         topics = self._topics
         client.subscribe([(topics.desired, 1), (topics.cmd_filter, 1), (topics.status, 1)])
         with self._reported_lock:
@@ -304,6 +312,11 @@ class MqttPublisher:
     def _publish_birth(self, client: mqtt.Client) -> None:
         birth = self._status(DeviceState.ONLINE)
         client.publish(self._topics.status, birth, qos=1, retain=True)
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        self._discovery_mids.clear()
+        for topic, payload in self._discovery:
+            self._discovery_mids[client.publish(topic, payload, qos=1, retain=True).mid] = topic
 
     def _status(self, state: DeviceState, reason: str | None = None) -> bytes:
         return status_payload(
@@ -401,6 +414,16 @@ class MqttPublisher:
                     _p: Properties | None) -> None:  # fmt: skip
         if mid == self._offline_mid:
             self._offline_acked = True
+        topic = self._discovery_mids.pop(mid, None)
+        if topic is not None and reason.is_failure:
+            suppressed = self._ratelog.allow("discovery", time.monotonic())
+            if suppressed is not None:
+                log.warning(
+                    "discovery config refused by broker (ACL?) topic=%s reason=%s suppressed=%d",
+                    topic,
+                    reason,
+                    suppressed,
+                )
         self._sender.acked(mid, reason)
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
