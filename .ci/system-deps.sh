@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: Mosquitto (real broker), GStreamer's RTSP server
-# (a real RTSP camera), shellcheck and systemd-analyze. Skips apt when all are present.
+# (a real RTSP camera), shellcheck, systemd-analyze, Chromium (dashboard tests),
+# openssl. Skips apt when all are present.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ command -v mosquitto >/dev/null || need+=(mosquitto mosquitto-clients)
             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v chromium >/dev/null || need+=(chromium)   # the dashboard's browser tests
+command -v openssl >/dev/null || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "system-deps: all present"

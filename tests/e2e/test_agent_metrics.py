@@ -26,7 +26,7 @@ def test_metrics_endpoint_serves_the_running_agents_health(tmp_path: Path, asset
         while lane.frames_processed < 20 and not agent.stop_event.wait(0.1):
             pass
         url = f"http://127.0.0.1:{port}/metrics"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
     finally:
         agent.close()
     lines = [line for line in body.splitlines() if line.startswith("edge_agent_")]
