@@ -67,11 +67,12 @@ class OtaConfig(StrictModel):
     download_timeout_s: float = Field(
         default=30.0, gt=0, le=600, description="Socket timeout of one download request."
     )
-    download_attempts: int = Field(
-        default=5, ge=1, le=100, description="Attempts (each resuming) before a download fails."
-    )
     retry_initial_s: float = Field(
-        default=2.0, gt=0, le=600, description="First wait between download attempts."
+        default=2.0,
+        gt=0,
+        le=600,
+        description="First wait after a transient failure (network, HTTP 5xx); transient "
+        "failures are retried without limit, each download attempt resuming the last.",
     )
     retry_max_s: float = Field(
         default=120.0, gt=0, le=3600, description="Cap of the wait between attempts."
