@@ -17,8 +17,10 @@ from fastapi import FastAPI
 from fleet import __version__
 from fleet.api import FleetState, api, public
 from fleet.config import FleetConfig
+from fleet.dashboard import dashboard
 from fleet.db import Database, open_database
 from fleet.ingest import FleetMqtt
+from fleet.rollout_api import router as rollout_router
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def create_app(cfg: FleetConfig, db: Database | None = None) -> FastAPI:
     )
     app.include_router(public)
     app.include_router(api)
+    app.include_router(dashboard)
+    app.include_router(rollout_router)
     return app
 
 

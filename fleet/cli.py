@@ -26,6 +26,7 @@ from fleet.models import Artifact, Device, Event
 from fleet.mqtt_client import FleetMqttError, OneShotSink
 from fleet.schemas import ArtifactPick, DesiredIn
 from fleet.signing import SigningError, generate_keypair, key_id, load_private_key
+from fleet.simulator import add_simulate_command
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("device")
     ds.add_argument("--model", default=None, help="NAME@VERSION of a published model")
     ds.add_argument("--config-artifact", default=None, help="NAME@VERSION of a published config")
+    add_simulate_command(sub)
+    from fleet.rollout_cli import add_rollout_commands  # noqa: PLC0415 - it imports this module
+
+    add_rollout_commands(sub)
     return p
 
 

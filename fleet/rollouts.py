@@ -1,0 +1,402 @@
+"""The rollout engine: a state machine over the database, advanced by `tick(now)`.
+
+`fleet.rollout_commands.create_rollout` resolves the target and the artifacts, plans
+the waves and stores everything; nothing is published then. Each
+`RolloutEngine.tick(now)` (the app runs one every few seconds; tests call it with
+their own clock):
+
+1. per active rollout, in one transaction: launch the first wave; mirror each
+   launched device's retained `reported` update position (only reports about this
+   rollout's artifact count, see `TargetKeys`); turn a device that stays in an
+   in-flight state past its deadline into `timed_out`; judge the current wave:
+   halt and roll it back when failures exceed the threshold, start its probation
+   window once every device is terminal and enough committed, run the quality
+   gate during probation, and at its end launch the next wave or complete;
+2. publish every pending `desired` (new or rolled back) through the `DesiredSink`,
+   outside any transaction, and mark it done. A publish that fails stays pending
+   and is retried next tick (an outbox), so a crash never loses a rollback.
+
+A device counts as updated only in `committed`. Every change is appended to
+`rollout_history`. Operator commands (`fleet.rollout_commands`) only write the
+database; the engine publishes what they leave pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.protocol import DesiredState
+from fleet.db import Database
+from fleet.desired import DesiredSink
+from fleet.models import Device, Reported
+from fleet.mqtt_client import FleetMqttError
+from fleet.rollout_gate import Counters, GateResult, Verdict, counters_from_health, evaluate_gate
+from fleet.rollout_gate import window as gate_window
+from fleet.rollout_models import (
+    ENGINE,
+    Rollout,
+    RolloutDevice,
+    RolloutWave,
+    ensure_tables,
+    record,
+    revert,
+)
+from fleet.rollout_spec import (
+    ACTIVE_ROLLOUT_STATES,
+    FAILURE_STATES,
+    IN_FLIGHT,
+    OTA_STATES,
+    RolloutSpec,
+    RolloutState,
+    WaveState,
+)
+from fleet.rollout_spec import DeviceRolloutState as D
+
+log = logging.getLogger(__name__)
+
+RECOVERABLE = frozenset({D.COMMITTED.value, D.FAILED.value, D.ROLLED_BACK.value})
+
+
+@dataclass(frozen=True)
+class TargetKeys:
+    """Which reports are about this rollout. In `reported.update`, the first present of:
+    `sequence` (a target artifact's manifest sequence), `target` (`{"model": version,
+    "config": version}` agreeing on every artifact rolled out), `version`."""
+
+    sequences: frozenset[int]
+    versions: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, desired: dict[str, Any]) -> TargetKeys:
+        refs = {k: r for k in ("model", "config") if isinstance(r := desired.get(k), dict)}
+        return cls(
+            frozenset(int(r["sequence"]) for r in refs.values()),
+            tuple((k, str(r["version"])) for k, r in refs.items()),
+        )
+
+    def matches(self, payload: dict[str, Any]) -> bool:
+        upd = payload.get("update")
+        if not isinstance(upd, dict):
+            return False
+        seq, target = upd.get("sequence"), upd.get("target")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            return seq in self.sequences
+        if isinstance(target, dict):
+            return all(str(target.get(k)) == v for k, v in self.versions)
+        version = upd.get("version")
+        return version is not None and str(version) in {v for _, v in self.versions}
+
+
+def overlay_desired(previous: dict[str, Any] | None, refs: dict[str, Any]) -> dict[str, Any]:
+    """The device's previous desired state with the rollout's artifacts laid over it."""
+    out = dict(previous or {})
+    out.update({k: v for k, v in refs.items() if v is not None})
+    out["schema"] = 1
+    return DesiredState.model_validate(out).model_dump(mode="json", by_alias=True)
+
+
+# --------------------------------------------------------------------------- the engine
+def next_state(
+    row: RolloutDevice, rep: Reported | None, keys: TargetKeys, spec: RolloutSpec, now: float
+) -> tuple[str | None, str | None]:
+    """(new state, error) of a launched device, or (None, None) when nothing changed.
+
+    A report counts if it is about this rollout's artifact and, except `committed`,
+    arrived after the device's wave was launched (a retained `failed` from an
+    earlier attempt must not fail the new one). `timed_out` is left only for a
+    terminal report.
+    """
+    reported = None
+    if rep is not None and rep.update_state in OTA_STATES and keys.matches(rep.payload):
+        fresh = row.launched_at is not None and rep.received_at >= row.launched_at
+        if fresh or rep.update_state == D.COMMITTED.value:
+            reported = rep.update_state
+    if (
+        reported is not None
+        and reported != row.state
+        and (row.state != D.TIMED_OUT.value or reported in RECOVERABLE)
+    ):
+        upd = rep.payload.get("update") if rep is not None else None
+        error = upd.get("error") if isinstance(upd, dict) else None
+        return reported, None if error is None else str(error)[:256]
+    limit = spec.deadlines_s.of(row.state)
+    if limit is not None and now - row.state_since > limit:
+        return D.TIMED_OUT.value, f"{row.state} for more than {limit:g}s"
+    return None, None
+
+
+@dataclass
+class _Ctx:
+    s: Session
+    r: Rollout
+    spec: RolloutSpec
+    waves: list[RolloutWave]
+    rows: list[RolloutDevice]
+    now: float
+
+    def members(self, wave: int) -> list[RolloutDevice]:
+        return [row for row in self.rows if row.wave == wave]
+
+    def devices(self, ids: Sequence[str]) -> dict[str, Device]:
+        return {d.id: d for d in self.s.scalars(select(Device).where(Device.id.in_(ids)))}
+
+
+def _canary_start(row: RolloutDevice) -> dict[str, Any] | None:
+    """Where a canary's window starts: at its commit, or at zero when its counters fell
+    between launch and commit (the agent restarted into the new version)."""
+    at_launch = Counters.from_json(row.start_counters)
+    at_commit = Counters.from_json(row.commit_counters)
+    if at_launch is not None and at_commit is not None and at_commit.frames < at_launch.frames:
+        return None
+    return row.commit_counters
+
+
+class RolloutEngine:
+    """Advances every active rollout on `tick` and publishes what is pending."""
+
+    def __init__(
+        self, db: Database, sink: DesiredSink | None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db, self.sink, self.clock = db, sink, clock
+        self.publish_failures = 0
+        ensure_tables(db)
+
+    def tick(self, now: float | None = None) -> int:
+        """One step of every active rollout; returns how many desired states were published."""
+        now = self.clock() if now is None else now
+        with self.db.session() as s:
+            ids = s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE_ROLLOUT_STATES)))
+            active = list(ids)
+        for rollout_id in active:
+            with self.db.session() as s:
+                self._advance(s, rollout_id, now)
+        return self.flush(now)
+
+    def _advance(self, s: Session, rollout_id: int, now: float) -> None:
+        r = s.get(Rollout, rollout_id, with_for_update=True)
+        if r is None or r.state not in ACTIVE_ROLLOUT_STATES:
+            return
+        waves = list(
+            s.scalars(
+                select(RolloutWave)
+                .where(RolloutWave.rollout_id == r.id)
+                .order_by(RolloutWave.index)
+            )
+        )
+        rows = list(
+            s.scalars(
+                select(RolloutDevice)
+                .where(RolloutDevice.rollout_id == r.id)
+                .order_by(RolloutDevice.rank)
+            )
+        )
+        ctx = _Ctx(s, r, RolloutSpec.model_validate(r.spec), waves, rows, now)
+        if r.current_wave < 0:
+            if r.state == RolloutState.RUNNING.value:
+                self._launch(ctx, waves[0])
+            return
+        self._observe(ctx)
+        self._judge(ctx, waves[r.current_wave])
+
+    def _launch(self, ctx: _Ctx, wave: RolloutWave) -> None:
+        members = ctx.members(wave.index)
+        devs = ctx.devices([row.device_id for row in members])
+        for row in members:
+            dev = devs.get(row.device_id)
+            prev = dict(dev.desired) if dev is not None and dev.desired else None
+            row.previous_desired, row.target_desired = prev, overlay_desired(prev, ctx.r.desired)
+            row.publish_pending, row.publish_desired = True, row.target_desired
+            row.state, row.state_since, row.launched_at = D.PENDING.value, ctx.now, ctx.now
+            counters = counters_from_health(dev.last_health if dev is not None else None)
+            row.start_counters = counters.to_json() if counters else None
+        wave.state, wave.started_at = WaveState.UPDATING.value, ctx.now
+        ctx.r.current_wave, ctx.r.updated_at = wave.index, ctx.now
+        record(
+            ctx.s,
+            ctx.r.id,
+            ctx.now,
+            "wave_started",
+            wave=wave.index,
+            devices=[row.device_id for row in members],
+        )
+        log.info(
+            "rollout wave started rollout=%d wave=%d devices=%d", ctx.r.id, wave.index, len(members)
+        )
+
+    def _observe(self, ctx: _Ctx) -> None:
+        launched = [row for row in ctx.rows if row.launched_at is not None and not row.reverted]
+        keys = TargetKeys.of(ctx.r.desired)
+        ids = [row.device_id for row in launched]
+        reps = {
+            rep.device_id: rep
+            for rep in ctx.s.scalars(select(Reported).where(Reported.device_id.in_(ids)))
+        }
+        for row in launched:
+            new, error = next_state(row, reps.get(row.device_id), keys, ctx.spec, ctx.now)
+            if new is None:
+                continue
+            record(
+                ctx.s,
+                ctx.r.id,
+                ctx.now,
+                "device_state",
+                wave=row.wave,
+                device_id=row.device_id,
+                error=error,
+                **{"from": row.state, "to": new},
+            )
+            row.state, row.state_since, row.error = new, ctx.now, error or row.error
+            if new == D.COMMITTED.value:
+                dev = ctx.s.get(Device, row.device_id)
+                counters = counters_from_health(dev.last_health if dev else None)
+                row.commit_counters = counters.to_json() if counters else None
+
+    def _judge(self, ctx: _Ctx, wave: RolloutWave) -> None:
+        members = ctx.members(wave.index)
+        failures = sum(row.state in FAILURE_STATES for row in members)
+        committed = sum(row.state == D.COMMITTED.value for row in members)
+        if failures > ctx.spec.failure_threshold * wave.size:
+            self._halt(ctx, wave, "failure_threshold", failures=failures, size=wave.size)
+            return
+        if wave.state == WaveState.UPDATING.value:
+            if any(row.state in IN_FLIGHT for row in members):
+                return
+            needed = math.ceil(ctx.spec.success_threshold * wave.size - 1e-9)
+            if committed < needed:
+                self._halt(ctx, wave, "success_threshold", committed=committed, needed=needed)
+                return
+            wave.state, wave.probation_until = WaveState.PROBATION.value, ctx.now + wave.probation_s
+            record(
+                ctx.s,
+                ctx.r.id,
+                ctx.now,
+                "wave_probation",
+                wave=wave.index,
+                committed=committed,
+                failures=failures,
+                until=wave.probation_until,
+            )
+        if wave.state == WaveState.PROBATION.value:
+            self._probation(ctx, wave, committed, failures)
+
+    def _probation(self, ctx: _Ctx, wave: RolloutWave, committed: int, failures: int) -> None:
+        gate = self._gate(ctx) if ctx.spec.quality_gate.enabled else None
+        if gate is not None and gate.verdict is Verdict.FAIL:
+            wave.gate = gate.to_json()
+            record(ctx.s, ctx.r.id, ctx.now, "gate", wave=wave.index, **wave.gate)
+            self._halt(ctx, wave, "quality_gate", failed_checks=gate.failed())
+            return
+        until = wave.probation_until if wave.probation_until is not None else ctx.now
+        if ctx.now < until or ctx.r.state != RolloutState.RUNNING.value:
+            return
+        if gate is not None:
+            wave.gate = gate.to_json()
+            record(ctx.s, ctx.r.id, ctx.now, "gate", wave=wave.index, **wave.gate)
+            if gate.verdict is Verdict.INCONCLUSIVE and ctx.spec.quality_gate.require_conclusive:
+                self._halt(ctx, wave, "quality_gate_inconclusive")
+                return
+        wave.state, wave.finished_at = WaveState.SUCCEEDED.value, ctx.now
+        record(
+            ctx.s,
+            ctx.r.id,
+            ctx.now,
+            "wave_succeeded",
+            wave=wave.index,
+            committed=committed,
+            failures=failures,
+        )
+        if wave.index + 1 < len(ctx.waves):
+            self._launch(ctx, ctx.waves[wave.index + 1])
+            return
+        ctx.r.state = RolloutState.COMPLETED.value
+        ctx.r.finished_at = ctx.r.updated_at = ctx.now
+        record(
+            ctx.s,
+            ctx.r.id,
+            ctx.now,
+            "completed",
+            updated=sum(row.state == D.COMMITTED.value for row in ctx.rows),
+        )
+        log.info("rollout completed rollout=%d", ctx.r.id)
+
+    def _gate(self, ctx: _Ctx) -> GateResult:
+        canary = [row for row in ctx.rows if row.state == D.COMMITTED.value and not row.reverted]
+        control = [row for row in ctx.rows if row.launched_at is None]
+        devs = ctx.devices([row.device_id for row in (*canary, *control)])
+
+        def windows(
+            rows: list[RolloutDevice], start: Callable[[RolloutDevice], Any]
+        ) -> list[Counters]:
+            out = []
+            for row in rows:
+                dev = devs.get(row.device_id)
+                now_c = counters_from_health(dev.last_health if dev else None)
+                if now_c is not None:
+                    out.append(gate_window(now_c, Counters.from_json(start(row))))
+            return out
+
+        return evaluate_gate(
+            windows(canary, _canary_start),
+            windows(control, lambda row: row.start_counters),
+            ctx.spec.quality_gate,
+        )
+
+    def _halt(self, ctx: _Ctx, wave: RolloutWave, reason: str, **detail: Any) -> None:
+        wave.state, wave.finished_at = WaveState.FAILED.value, ctx.now
+        ctx.r.state, ctx.r.reason = RolloutState.HALTED.value, reason
+        ctx.r.finished_at = ctx.r.updated_at = ctx.now
+        record(ctx.s, ctx.r.id, ctx.now, "halted", wave=wave.index, reason=reason, **detail)
+        launched = [row for row in ctx.members(wave.index) if row.launched_at is not None]
+        revert(ctx.s, ctx.r.id, launched, ctx.now, actor=ENGINE, wave=wave.index)
+        log.warning("rollout halted rollout=%d wave=%d reason=%s", ctx.r.id, wave.index, reason)
+
+    # ------------------------------------------------------------------ publishing
+    def flush(self, now: float | None = None) -> int:
+        """Publish every pending desired state; stop at the first failure (broker down)."""
+        if self.sink is None:
+            return 0
+        now = self.clock() if now is None else now
+        with self.db.session() as s:
+            todo = [
+                (row.rollout_id, row.device_id, row.publish_desired)
+                for row in s.scalars(
+                    select(RolloutDevice).where(RolloutDevice.publish_pending.is_(True))
+                )
+            ]
+        done: list[tuple[int, str, Any]] = []
+        for rollout_id, device_id, payload in todo:
+            desired = DesiredState.model_validate(payload) if payload is not None else None
+            try:
+                self.sink.publish_desired(device_id, desired)
+            except FleetMqttError as exc:
+                self.publish_failures += 1
+                log.warning(
+                    "rollout publish failed rollout=%d device=%s pending=%d error=%s",
+                    rollout_id,
+                    device_id,
+                    len(todo) - len(done),
+                    exc,
+                )
+                break
+            done.append((rollout_id, device_id, payload))
+        if done:
+            self._mark_published(done, now)
+        return len(done)
+
+    def _mark_published(self, done: list[tuple[int, str, Any]], now: float) -> None:
+        with self.db.session() as s:
+            for rollout_id, device_id, payload in done:
+                row = s.get(RolloutDevice, (rollout_id, device_id))
+                if row is not None and row.publish_pending and row.publish_desired == payload:
+                    row.publish_pending, row.published_at = False, now
+                dev = s.get(Device, device_id)
+                if dev is not None:
+                    dev.desired = payload
