@@ -19,10 +19,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import AgentConfig, CameraConfig
+from agent.config import AgentConfig, CameraConfig, parse_config
 from agent.control.overload import FairRateController, OverloadDecision, samples_from
 from agent.dispatch import EventDispatcher, build_sinks
 from agent.health.drift import DriftMonitor
@@ -43,6 +44,9 @@ from agent.inference.model import ModelFolder, load_model_folder
 from agent.ingest.camera import CameraState, CameraWorker
 from agent.ingest.mailbox import FrameHub
 from agent.lane import CameraLane, SnapshotPolicy
+from agent.ota.manifest import load_public_key
+from agent.ota.staging import active_model_path
+from agent.ota.updater import OtaUpdater
 from agent.outputs.base import EventSink
 from agent.outputs.snapshot import SnapshotStore
 from agent.publish import MqttPublisher
@@ -85,12 +89,16 @@ class Agent:
         extra_sinks: list[EventSink] | None = None,
         backends: BackendFactory | None = None,
         notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self._started = 0.0
         self.boot_id = next_boot_id(cfg.device.state_dir)
-        self.model = load_model_folder(cfg.model.path, verify_sha256=cfg.model.verify_sha256)
+        self.config_path = config_path
+        self.restart_requested = False
+        model_path = active_model_path(cfg.device.state_dir, cfg.model.path)  # OTA's, if any
+        self.model = load_model_folder(model_path, verify_sha256=cfg.model.verify_sha256)
         self._workers_n = worker_count(cfg)
         self._make_backend = backends or backend_factory(cfg, self._ladder_callback)
         self._swap_lock = threading.Lock()
@@ -118,6 +126,7 @@ class Agent:
             for i, det in enumerate(self.detectors)
         ]
         self.supervisor = self._make_supervisor()
+        self.ota = self._make_ota()
 
     def _make_detectors(self, model: ModelFolder) -> list[Detector]:
         """One detector (own backend session) per inference worker."""
@@ -182,6 +191,60 @@ class Agent:
         publisher.register_command("rebaseline", self._cmd_rebaseline)
         publisher.set_discovery(discovery_from_config(self.cfg, versions))
         return publisher
+
+    def _make_ota(self) -> OtaUpdater | None:
+        ota, publisher = self.cfg.ota, self.publisher
+        if not ota.enabled or publisher is None or ota.public_key is None:
+            return None
+        updater = OtaUpdater(
+            ota,
+            self.cfg.device.state_dir,
+            load_public_key(ota.public_key),
+            self,
+            publisher.publish_reported,
+            self._ota_probe,
+            config_applier=self,
+            base_config=self.config_path,
+            backend_factory=lambda m: self._make_backend(m, "ota-validate"),
+        )
+        publisher.on_desired = updater.on_desired
+        return updater
+
+    def _ota_probe(self) -> dict[str, Any]:
+        """Cumulative counters (and current fps) that OTA probation watches."""
+        lanes = self.lanes.values()
+        return {
+            "frames": sum(lane.frames_processed for lane in lanes),
+            "detections": sum(lane.detections for lane in lanes),
+            "inference_errors": sum(w.failures for w in self.workers),
+            "fps": sum(lane.fps() for lane in lanes),
+        }
+
+    def apply_config(self, text: str) -> str:
+        """OTA config activation: rules of existing cameras live, anything else by restart.
+
+        The text is validated first with the same models the controller used; nothing is
+        applied when it is invalid. A restart is a clean exit with status 75 that
+        systemd (Restart=always) turns into a start on the new active config.
+        """
+        base = self.config_path.resolve().parent if self.config_path is not None else None
+        new = parse_config(text, "ota config", base)
+        same_except_rules = new.model_copy(
+            update={"cameras": [c.model_copy(update={"rules": []}) for c in new.cameras]}
+        ) == self.cfg.model_copy(
+            update={"cameras": [c.model_copy(update={"rules": []}) for c in self.cfg.cameras]}
+        )
+        if same_except_rules:
+            for cam in new.cameras:
+                if cam.id in self.lanes:
+                    self.lanes[cam.id].replace_rules(self._make_rules(cam))
+            self.cfg = new
+            log.info("config applied live rules=%d", sum(len(c.rules) for c in new.cameras))
+            return "live"
+        log.warning("config needs a restart: stopping cleanly so systemd starts the new one")
+        self.restart_requested = True
+        threading.Timer(1.0, self.stop_event.set).start()
+        return "restart"
 
     def _make_metrics(self) -> MetricsServer | None:
         if not self.cfg.metrics.enabled:
@@ -356,6 +419,8 @@ class Agent:
             camera.start()
         self.supervisor.start()
         start_engine_builds(self.cfg, self.model)
+        if self.ota is not None:
+            self.ota.start()  # after READY: recovers an interrupted update first
         log.info(
             "agent started device=%s boot=%d cameras=%d workers=%d model=%s@%s",
             self.cfg.device.id,
@@ -393,6 +458,8 @@ class Agent:
         self.notifier.stopping()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.ota is not None:
+            self.ota.stop(timeout_s=max(1.0, join_timeout_s / 2))
         deadline = time.monotonic() + join_timeout_s
         if self.supervisor.is_alive():
             self.supervisor.join(timeout=1.0)

@@ -20,6 +20,8 @@ log = logging.getLogger("agent.cli")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_RESTART = 75
+"""A config update needs a restart: systemd's Restart=always starts the new config."""
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -100,8 +102,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"config invalid:\n{exc}", file=sys.stderr)
         return EXIT_FAILED
     configure_logging(args.log_level or cfg.logging.level, args.log_format or cfg.logging.format)
+    cfg = _ota_active_config(cfg, Path(args.config))
     try:
-        agent = Agent(cfg, max_frames=args.max_frames)
+        agent = Agent(cfg, max_frames=args.max_frames, config_path=Path(args.config))
     except (InferenceError, StateError, OSError) as exc:
         log.error("agent cannot start: %s", exc)
         print(f"agent cannot start: {exc}", file=sys.stderr)
@@ -116,7 +119,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     summary = agent.close()
     _print_summary(summary.__dict__, args.summary_json)
+    if agent.restart_requested:
+        return EXIT_RESTART
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _ota_active_config(cfg: Any, provisioned: Path) -> Any:
+    """The config OTA activated (state_dir/configs/active), else the provisioned one.
+
+    Relative paths in either are relative to the provisioned file's folder. An activated
+    config that no longer validates is logged and ignored: the device keeps running on
+    the provisioned config rather than failing to start.
+    """
+    from agent.config import ConfigError, parse_config
+    from agent.ota.staging import active_config_path
+
+    active = active_config_path(cfg.device.state_dir)
+    if active is None or not active.is_file():
+        return cfg
+    try:
+        text = active.read_text(encoding="utf-8")
+        return parse_config(text, str(active), provisioned.resolve().parent)
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        log.error("OTA config %s invalid, using %s: %s", active, provisioned, exc)
+        return cfg
 
 
 def _print_summary(summary: dict[str, Any], json_path: str | None) -> None:

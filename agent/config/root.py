@@ -20,6 +20,7 @@ from agent.config.inference import (
 from agent.config.ladder import LadderConfig, OverloadConfig
 from agent.config.metrics import MetricsConfig
 from agent.config.mqtt import MqttConfig
+from agent.config.ota import OtaConfig
 from agent.config.sources import CameraConfig
 
 SCHEMA_VERSION = 1
@@ -118,6 +119,10 @@ class AgentConfig(StrictModel):
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Prometheus /metrics endpoint (off by default)."
     )
+    ota: OtaConfig = Field(
+        default_factory=OtaConfig,
+        description="Follow the fleet's desired model/config (docs/ota.md); needs mqtt.",
+    )
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Stage heartbeats and the watchdog."
     )
@@ -128,6 +133,12 @@ class AgentConfig(StrictModel):
         default_factory=ResourceConfig, description="Thermal, memory and disk guards."
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    @model_validator(mode="after")
+    def _ota_needs_mqtt(self) -> AgentConfig:
+        if self.ota.enabled and self.mqtt is None:
+            raise ValueError("ota.enabled needs an mqtt section (desired state arrives over MQTT)")
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> AgentConfig:
@@ -225,12 +236,20 @@ def _rebase(cfg: AgentConfig, base: Path) -> AgentConfig:
         mqtt = mqtt.model_copy(
             update={"tls": tls, "password_file": fix(pw) if pw is not None else None}
         )
+    ota = cfg.ota
+    if ota.public_key is not None or ota.ca_file is not None:
+        ota = ota.model_copy(
+            update={
+                k: fix(v) for k in ("public_key", "ca_file") if (v := getattr(ota, k)) is not None
+            }
+        )
     backend = cfg.backend
     if backend.type == "tensorrt" and backend.cache_dir is not None:
         backend = backend.model_copy(update={"cache_dir": fix(backend.cache_dir)})
     return cfg.model_copy(
         update={
             "backend": backend,
+            "ota": ota,
             "mqtt": mqtt,
             "device": cfg.device.model_copy(update={"state_dir": fix(cfg.device.state_dir)}),
             "model": cfg.model.model_copy(update={"path": fix(cfg.model.path)}),
