@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -140,3 +141,25 @@ def test_listen_cli_reports_an_unreachable_broker(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "127.0.0.1" in proc.stdout + proc.stderr
+
+
+def test_stream_with_corrupt_packets_is_decoded_past_the_damage(
+    tmp_path: Path, assets: Path
+) -> None:
+    # given vtest with garbage written over 20 places in its middle third
+    data = bytearray((assets / "vtest.avi").read_bytes())
+    rng = random.Random(7)
+    for _ in range(20):
+        at = rng.randrange(len(data) // 3, 2 * len(data) // 3)
+        data[at : at + 3000] = rng.randbytes(3000)
+    video = tmp_path / "corrupt.avi"
+    video.write_bytes(bytes(data))
+    cfg = agent_config(tmp_path, assets, source={"type": "file", "path": str(video)})
+    # when the agent runs over it
+    proc = run_agent("run", "-c", str(cfg), "--summary-json", str(tmp_path / "s.json"))
+    # then it finishes cleanly, having processed frames beyond the damaged region
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    cam = json.loads((tmp_path / "s.json").read_text())["cameras"]["street"]
+    assert cam["state"] == "finished"
+    assert cam["frames_processed"] > 700
