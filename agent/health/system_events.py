@@ -25,7 +25,7 @@ class SystemEvents:
         self._boot_id = boot_id
         self._emit = emit
         self._lock = threading.Lock()
-        self._open: dict[tuple[str, str], tuple[int, float]] = {}
+        self._open: dict[tuple[str, str], tuple[int, float, str]] = {}
         self._episodes: dict[tuple[str, str], int] = {}
 
     def is_open(self, camera_id: str, rule_id: str) -> bool:
@@ -43,7 +43,7 @@ class SystemEvents:
                 return False
             episode = self._episodes.get(key, 0) + 1
             self._episodes[key] = episode
-            self._open[key] = (episode, now)
+            self._open[key] = (episode, now, rule_type)
             event = self._event(
                 EventPhase.START,
                 key=key,
@@ -66,7 +66,7 @@ class SystemEvents:
             opened = self._open.pop(key, None)
             if opened is None:
                 return False
-            episode, started = opened
+            episode, started, _ = opened
             attrs = {**attributes, "duration_s": round(now - started, 3)}
             event = self._event(
                 EventPhase.END,
@@ -83,12 +83,10 @@ class SystemEvents:
     def close_all(self, reason: str) -> int:
         """END every open condition (shutdown), so each START has its END; returns how many."""
         with self._lock:
-            keys = sorted(self._open)
-        rule_types = {"camera-offline": "camera", "backend-degraded": "backend"}
-        for camera_id, rule_id in keys:
-            rule_type = rule_types.get(rule_id, "drift")
+            open_now = sorted((key, value[2]) for key, value in self._open.items())
+        for (camera_id, rule_id), rule_type in open_now:
             self.clear(camera_id, rule_id, rule_type, {"reason": reason})
-        return len(keys)
+        return len(open_now)
 
     def _event(
         self,
