@@ -18,19 +18,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig, CameraConfig, parse_config
-from agent.control.overload import FairRateController, OverloadDecision, samples_from
 from agent.dispatch import EventDispatcher, build_sinks
 from agent.health.drift import DriftMonitor
+from agent.health.periodic import PeriodicWork
 from agent.health.prometheus import MetricsServer
-from agent.health.resources import ResourceGuard, ResourceState
+from agent.health.report import RunSummary, camera_health, camera_summary
 from agent.health.sdnotify import Notifier, watchdog_interval_s
-from agent.health.supervisor import PeriodicJob, Supervisor
+from agent.health.supervisor import Supervisor
 from agent.health.system_events import SystemEvents
 from agent.inference.detector import Detector
 from agent.inference.factory import (
@@ -60,22 +59,6 @@ log = logging.getLogger(__name__)
 
 _TERMINAL = {CameraState.FINISHED, CameraState.FAILED}
 _OFFLINE = {CameraState.RECONNECTING, CameraState.STALLED, CameraState.FAILED}
-
-
-@dataclass
-class RunSummary:
-    boot_id: int
-    duration_s: float
-    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: int = 0
-    sink_failures: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """False when every camera failed (nothing could be read)."""
-        return not self.cameras or any(
-            c["state"] != CameraState.FAILED.value for c in self.cameras.values()
-        )
 
 
 class Agent:
@@ -111,10 +94,6 @@ class Agent:
         self.dispatcher = EventDispatcher(sinks)
         self.metrics = self._make_metrics()
         self.system_events = SystemEvents(cfg.device.id, self.boot_id, self.dispatcher.emit)
-        self.resources = ResourceGuard(cfg.resources, disk_path=cfg.device.state_dir)
-        self.resource_state: ResourceState | None = None
-        self.rates = FairRateController(cfg.overload)
-        self.overload: OverloadDecision | None = None
         self.hub = FrameHub()
         self._live: set[str] = set()
         cameras = [c for c in cfg.cameras if c.enabled]
@@ -125,6 +104,15 @@ class Agent:
             InferenceWorker(i, hub=self.hub, detector=det, lanes=self.lanes, stop=self.stop_event)
             for i, det in enumerate(self.detectors)
         ]
+        self.periodic = PeriodicWork(
+            cfg,
+            hub=self.hub,
+            lanes=self.lanes,
+            cameras=[c for c in self.cameras if c.camera_id in self._live],
+            workers=self.workers,
+            ladders=self._ladders,
+            system_events=self.system_events,
+        )
         self.supervisor = self._make_supervisor()
         self.ota = self._make_ota()
 
@@ -264,11 +252,6 @@ class Agent:
         return {"rebaselined": sorted(self.lanes)}
 
     def _make_supervisor(self) -> Supervisor:
-        jobs = [PeriodicJob("drift", 1.0, self._check_drift)]
-        if self.cfg.overload.enabled:
-            jobs.append(PeriodicJob("overload", self.cfg.overload.interval_s, self._control_rates))
-        if self.cfg.resources.enabled:
-            jobs.append(PeriodicJob("resources", self.cfg.resources.poll_interval_s, self._guard))
         return Supervisor(
             notifier=self.notifier,
             stop=self.stop_event,
@@ -276,7 +259,7 @@ class Agent:
             status=self.status_line,
             stage_timeout_s=self.cfg.supervisor.stage_timeout_s,
             watchdog_interval_s=watchdog_interval_s() or self.cfg.supervisor.watchdog_interval_s,
-            jobs=jobs,
+            jobs=self.periodic.jobs(),
         )
 
     def _make_lane(self, cam: CameraConfig, max_frames: int | None) -> CameraLane:
@@ -312,36 +295,6 @@ class Agent:
         elif state is CameraState.STREAMING:
             self.system_events.clear(camera_id, "camera-offline", "camera", attrs)
 
-    def _check_drift(self) -> None:
-        for cid, lane in self.lanes.items():
-            if lane.drift is None:
-                continue
-            for change in lane.drift.check(time.monotonic()):
-                attrs = {"score": round(change.score, 4), "threshold": change.threshold}
-                rule = f"drift-{change.code.value}"
-                if change.raised:
-                    log.warning(
-                        "drift raised camera=%s code=%s score=%.3f", cid, rule, change.score
-                    )
-                    self.system_events.raise_(cid, rule, "drift", attrs)
-                else:
-                    log.info("drift cleared camera=%s code=%s score=%.3f", cid, rule, change.score)
-                    self.system_events.clear(cid, rule, "drift", attrs)
-
-    def _guard(self) -> None:
-        state = self.resources.evaluate()
-        previous = self.resource_state
-        self.resource_state = state
-        if previous is None or previous.action is not state.action:
-            level = logging.INFO if state.action.value == "normal" else logging.WARNING
-            log.log(
-                level,
-                "resource guard action=%s fps_scale=%.2f codes=%s",
-                state.action.value,
-                state.fps_scale,
-                ",".join(c.value for c in state.codes) or "-",
-            )
-
     def _ladder_callback(self, label: str) -> ChangeCallback:
         """Backend rung changes become a `backend-degraded.<worker>` condition (once each)."""
         rule = f"backend-degraded.{label}"
@@ -365,30 +318,6 @@ class Agent:
             for i, d in enumerate(detectors)
             if isinstance(d.backend, DegradingBackend)
         }
-
-    def _control_rates(self) -> None:
-        """Fair per-camera target fps for live cameras from drops and inference capacity."""
-        live = {c.camera_id: c for c in self.cameras if c.camera_id in self._live}
-        if not live:
-            return
-        hub = {cid: st for cid, st in self.hub.stats().items() if cid in live}
-        stats = {cid: cam.stats() for cid, cam in live.items()}
-        caps = {c.id: c.max_fps for c in self.cfg.cameras if c.id in live}
-        mean_s = [w.inference_latency.mean_s() for w in self.workers]
-        per_worker = [1.0 / m for m in mean_s if m]
-        capacity = sum(per_worker) if per_worker else 0.0
-        fps_caps = [lad.mode.max_fps for lad in self._ladders().values() if lad.mode.max_fps]
-        scale = self.resource_state.fps_scale if self.resource_state is not None else 1.0
-        decision = self.rates.update(
-            time.monotonic(),
-            samples_from(hub, stats, caps),
-            capacity_fps=capacity,
-            scale=scale,
-            fps_cap=min(fps_caps) if fps_caps else None,
-        )
-        self.overload = decision
-        for cid, cam in live.items():
-            cam.set_target_fps(decision.targets.get(cid))
 
     def heartbeats(self) -> dict[str, float]:
         """Last beat (monotonic) of each essential stage; a dead live camera thread is 0."""
@@ -480,61 +409,37 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """Sections of the periodic health report (docs/protocol.md); called off-thread."""
         hub = self.hub.stats()
-        cameras = {}
-        for camera in self.cameras:
-            cid = camera.camera_id
-            lane, stats = self.lanes[cid], camera.stats()
-            cameras[cid] = {
-                "state": self.camera_states[cid].value,
-                "frames_decoded": stats.get("frames_decoded", 0),
-                "frames_processed": lane.frames_processed,
-                "detections": lane.detections,
-                "confidence_sum": round(lane.confidence_sum, 3),
-                "drops": hub.get(cid, {}).get("dropped", 0),
-                "skipped": stats.get("skipped", 0),
-                "reconnects": stats.get("reconnects", 0),
-                "fps_processed": round(lane.fps(), 2),
-                "latency_ms": lane.frame_latency.percentiles_ms(),
-                "drift": None if lane.drift is None else lane.drift.health(),
-            }
+        ladders = self._ladders()
         return {
-            "cameras": cameras,
+            "cameras": {
+                c.camera_id: camera_health(
+                    c, self.lanes[c.camera_id], self.camera_states[c.camera_id], hub
+                )
+                for c in self.cameras
+            },
             "inference": {
                 "backend": self.detectors[0].backend.name,
-                "degraded": any(lad.mode.degraded for lad in self._ladders().values()),
-                "ladders": {k: lad.stats() for k, lad in self._ladders().items()},
+                "degraded": any(lad.mode.degraded for lad in ladders.values()),
+                "ladders": {k: lad.stats() for k, lad in ladders.items()},
                 "latency_ms": self.workers[0].inference_latency.percentiles_ms(),
                 "workers": len(self.workers),
                 "failures": sum(w.failures for w in self.workers),
                 "wedged": self.supervisor.wedged,
             },
-            "system": None if self.resource_state is None else self.resource_state.to_health(),
-            "overload": None if self.overload is None else self.overload.to_health(),
+            **self.periodic.health(),
         }
 
     def summary(self) -> RunSummary:
-        hub_stats = self.hub.stats()
-        out = RunSummary(
+        hub = self.hub.stats()
+        return RunSummary(
             boot_id=self.boot_id,
             duration_s=round(time.monotonic() - self._started, 3) if self._started else 0.0,
             events=self.dispatcher.emitted,
             sink_failures=self.dispatcher.failures,
+            cameras={
+                c.camera_id: camera_summary(
+                    c, self.lanes[c.camera_id], self.camera_states[c.camera_id], hub
+                )
+                for c in self.cameras
+            },
         )
-        for camera in self.cameras:
-            cid = camera.camera_id
-            lane = self.lanes[cid]
-            cam_stats = camera.stats()
-            out.cameras[cid] = {
-                "state": self.camera_states[cid].value,
-                "frames_decoded": cam_stats.get("frames_decoded", 0),
-                "frames_processed": lane.frames_processed,
-                "frames_dropped": hub_stats.get(cid, {}).get("dropped", 0),
-                "frames_skipped": cam_stats.get("skipped", 0),
-                "inference_failures": lane.frames_failed,
-                "reconnects": cam_stats.get("reconnects", 0),
-                "detections": lane.detections,
-                "events": lane.events,
-                "frame_latency_ms": lane.frame_latency.percentiles_ms(),
-                "event_latency_ms": lane.event_latency.percentiles_ms(),
-            }
-        return out

@@ -43,7 +43,7 @@ def _drift_events(tmp_path: Path, assets: Path, video: Path) -> list[dict[str, o
     agent = Agent(cfg)
     agent.start()
     agent.wait()
-    agent._check_drift()  # the supervisor's last periodic check, run before shutdown
+    agent.periodic.check_drift()  # the supervisor's last periodic check, before shutdown
     agent.close()
     return [e for e in read_events(tmp_path / "events.jsonl") if e["rule_type"] == "drift"]
 

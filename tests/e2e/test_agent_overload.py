@@ -57,7 +57,7 @@ def test_overload_lowers_every_camera_fairly(tmp_path: Path, assets: Path) -> No
         deadline = time.monotonic() + 25
         decision = None
         while time.monotonic() < deadline and not agent.stop_event.wait(0.5):
-            decision = agent.overload
+            decision = agent.periodic.overload
             if decision is not None and decision.overloaded and all(decision.targets.values()):
                 break
         health = agent.health()
