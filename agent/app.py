@@ -95,6 +95,7 @@ class Agent:
         self.metrics = self._make_metrics()
         self.system_events = SystemEvents(cfg.device.id, self.boot_id, self.dispatcher.emit)
         self.hub = FrameHub()
+        self.snapshots: SnapshotStore | None = None  # one store (one budget) for all cameras
         self._live: set[str] = set()
         cameras = [c for c in cfg.cameras if c.enabled]
         self.lanes = {c.id: self._make_lane(c, max_frames) for c in cameras}
@@ -266,7 +267,9 @@ class Agent:
         snaps = self.cfg.outputs.snapshots
         policy = None
         if snaps is not None:
-            policy = SnapshotPolicy(SnapshotStore(snaps.dir), snaps.max_width, snaps.jpeg_quality)
+            store = self.snapshots or SnapshotStore(snaps.dir, snaps.max_files, snaps.max_bytes)
+            self.snapshots = store
+            policy = SnapshotPolicy(store, snaps.max_width, snaps.jpeg_quality)
         drift = DriftMonitor(self.cfg.drift, cam.id) if self.cfg.drift.enabled else None
         return CameraLane(
             cam.id,
@@ -426,6 +429,7 @@ class Agent:
                 "failures": sum(w.failures for w in self.workers),
                 "wedged": self.supervisor.wedged,
             },
+            "snapshots": None if self.snapshots is None else self.snapshots.stats(),
             **self.periodic.health(),
         }
 

@@ -58,6 +58,17 @@ class SnapshotOutputConfig(StrictModel):
     max_width: int = Field(
         default=1280, ge=64, le=8192, description="Downscale wider frames to this width."
     )
+    max_files: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Keep at most this many snapshots; the oldest are deleted first.",
+    )
+    max_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description="Keep at most this many bytes of snapshots; the oldest are deleted first.",
+    )
 
 
 class OutputsConfig(StrictModel):

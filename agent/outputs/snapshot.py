@@ -6,7 +6,10 @@ swscale converts (and downscales when wider than `max_width`) straight to RGB.
 
 from __future__ import annotations
 
+import collections
 import io
+import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +21,8 @@ from agent.types import Box
 
 if TYPE_CHECKING:
     import av
+
+log = logging.getLogger(__name__)
 
 BOX_COLOUR = (255, 64, 32)
 
@@ -48,14 +53,52 @@ def render_snapshot(
 
 
 class SnapshotStore:
-    """Writes snapshots as `<dir>/<camera>/<event_id>.jpg`, atomically."""
+    """Writes snapshots as `<dir>/<camera>/<event_id>.jpg`, atomically, within a budget.
 
-    def __init__(self, root: Path) -> None:
+    The folder is bounded by file count and bytes: the oldest snapshots are deleted first
+    (counted in `evicted`), so a busy camera cannot fill the device's disk. Files already
+    there at start are taken into account, oldest by modification time.
+    """
+
+    def __init__(self, root: Path, max_files: int = 10_000, max_bytes: int = 1 << 30) -> None:
         self._root = root
+        self._max_files = max_files
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._files: collections.deque[tuple[Path, int]] = collections.deque()
+        self._bytes = 0
+        self.evicted = 0
+        existing = (
+            sorted((p.stat().st_mtime, p) for p in root.glob("*/*.jpg") if p.is_file())
+            if root.is_dir()
+            else []
+        )
+        for _mtime, path in existing:
+            self._remember(path, path.stat().st_size)
+
+    def _remember(self, path: Path, size: int) -> None:
+        self._files.append((path, size))
+        self._bytes += size
 
     def save(self, camera_id: str, event_id: str, jpeg: bytes) -> Path:
         folder = self._root / camera_id
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{event_id}.jpg"
         atomic_write(path, jpeg)
+        with self._lock:
+            self._remember(path, len(jpeg))
+            self._evict()
         return path
+
+    def _evict(self) -> None:
+        while self._files and (len(self._files) > self._max_files or self._bytes > self._max_bytes):
+            old, size = self._files.popleft()
+            self._bytes -= size
+            old.unlink(missing_ok=True)
+            self.evicted += 1
+            if self.evicted == 1 or self.evicted % 1000 == 0:
+                log.warning("snapshot budget reached: oldest deleted evicted=%d", self.evicted)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"files": len(self._files), "bytes": self._bytes, "evicted": self.evicted}
