@@ -11,13 +11,16 @@ For each fleet size, on this machine, with nothing mocked:
    store time minus the report's own timestamp, per new report seen) over the whole
    window and its p95 in each half (a growing backlog shows as a growing lag), CPU and
    RSS of controller, simulator and broker (from /proc), and the time to serve
-   `GET /api/devices` and the dashboard overview at that size.
+   `GET /api/devices` and the dashboard overview at that size;
+4. then, on a fresh stack per engine tick, a staged rollout to `--rollout-devices`
+   devices (waves 1, 10 %, 50 %, 100 %, short probation, fast simulated OTA) timed
+   against what its waves and probation windows imply (bench/fleet_rollout.py).
 
 All processes share this machine's cores, so controller CPU is measured while the
 simulator and broker compete with it.
 
-    .venv/bin/python bench/fleet.py --json bench/out/fleet.json    # ~4 min
-    .venv/bin/python bench/fleet.py --quick                        # ~1.5 min
+    .venv/bin/python bench/fleet.py --json bench/out/fleet.json    # ~6 min
+    .venv/bin/python bench/fleet.py --quick                        # ~2.5 min
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from sqlalchemy import select
 
 from bench.common import cores, load_average, now_utc, progress, rnd, table
+from bench.fleet_rollout import (
+    Plan,
+    commit_lag_by_wave,
+    publish_config,
+    report_rollouts,
+    run_rollout,
+)
 from fleet.auth import create_token
 from fleet.db import Database, open_database
 from fleet.models import Device, Event
@@ -95,6 +105,8 @@ class Stack:
     controller: subprocess.Popen[bytes] | None = None
     db: Database | None = None
     token: str = ""
+    tick_s: float | None = None
+    """Rollout engine tick; None runs plain `edge-fleet serve` (its default tick)."""
 
     def start(self) -> Stack:
         conf = self.work / "mosquitto.conf"
@@ -114,6 +126,9 @@ class Stack:
         self.db = open_database(f"sqlite:///{self.work / 'fleet.sqlite3'}")
         self.token = create_token(self.db, "bench")
         cmd = [sys.executable, "-m", "fleet.cli", "serve", "-c", str(cfg)]
+        if self.tick_s is not None:
+            cmd = [sys.executable, "-m", "bench.fleet_rollout", "serve", str(cfg),
+                   "--tick", str(self.tick_s)]  # fmt: skip
         self.controller = _spawn(cmd, self.work / "controller.log")
         wait_until(self._healthy, 30, "controller /healthz with MQTT connected")
         return self
@@ -150,12 +165,14 @@ class Stack:
 class SimProcess:
     """`edge-fleet simulate` with its JSON stats lines read on a thread."""
 
-    def __init__(self, args: argparse.Namespace, stack: Stack, n: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, stack: Stack, n: int, extra: tuple[str, ...] = ()
+    ) -> None:
         cmd = [sys.executable, "-m", "fleet.cli", "simulate", "--devices", str(n),
                "--broker", f"127.0.0.1:{stack.broker_port}", "--id-prefix", f"b{n}",
                "--health-interval", str(args.health_interval), "--event-rate",
                str(args.event_rate), "--stats-interval", "0.5", "--connect-rate", "500",
-               "--seed", "1"]  # fmt: skip
+               "--seed", "1", *extra]  # fmt: skip
         self.proc = _spawn(cmd, stack.work / "simulator.log", stdout=subprocess.PIPE)
         self.latest: dict[str, Any] = {}
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -268,6 +285,32 @@ def run_level(args: argparse.Namespace, n: int, work: Path) -> dict[str, Any]:
         stack.stop()
 
 
+def run_rollout_level(args: argparse.Namespace, n: int, tick: float, work: Path) -> dict[str, Any]:
+    """A fresh stack whose engine ticks every `tick` s; one rollout to all n devices."""
+    stack = Stack(work, tick_s=tick).start()
+    sim: SimProcess | None = None
+    plan = Plan(args.rollout_probation, args.ota_step, args.device_probation, tick)
+    try:
+        assert stack.db is not None and stack.controller is not None
+        db, pid = stack.db, stack.controller.pid
+        publish_config(db, work, stack.url)
+        extra = ("--ota-step", str(plan.ota_step_s), "--probation", str(plan.device_probation_s),
+                 "--config-version", "1")  # fmt: skip
+        sim = SimProcess(args, stack, n, extra)
+        wait_until(lambda: sum(v[3] and v[2] is not None for v in _registry(db).values()) == n,
+                   120, f"{n} online with health")  # fmt: skip
+        ids = sorted(_registry(db))
+        progress(f"rollout to {n} devices, tick {tick:g}s, probation {plan.probation_s:g}s/wave")
+        result = run_rollout(stack.url, stack.token, ids, plan, cpu_s=lambda: cpu_s(pid),
+                             rss_mb=lambda: rss_mb(pid))  # fmt: skip
+        result["commit_lag"] = commit_lag_by_wave(db, result["id"])
+        return result
+    finally:
+        if sim is not None:
+            sim.stop()
+        stack.stop()
+
+
 # --------------------------------------------------------------------------- report
 def report(levels: list[dict[str, Any]]) -> str:
     rows = [(
@@ -315,9 +358,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="20 s windows, 5 s warm-up")
     ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
     ap.add_argument("--plot", type=Path, help="PNG plot path (default: next to --json)")
+    ap.add_argument("--rollout-devices", type=int, default=1000, help="0: no rollout run")
+    ap.add_argument("--rollout-ticks", default="2,0.5", help="engine ticks to try, s")
+    ap.add_argument("--rollout-probation", type=float, default=5.0, help="per wave, s")
+    ap.add_argument("--ota-step", type=float, default=0.1, help="simulated OTA state, s")
+    ap.add_argument("--device-probation", type=float, default=0.5, help="device's own, s")
     args = ap.parse_args(argv)
     if args.quick:
-        args.window, args.warmup = 20.0, 5.0
+        args.window, args.warmup, args.rollout_ticks = 20.0, 5.0, "0.5"
     return args
 
 
@@ -339,11 +387,23 @@ def main(argv: list[str] | None = None) -> int:
             result = run_level(args, n, folder)
             result["health_interval_s"] = args.health_interval
             levels.append(result)
-    print(report(levels))
+        rollouts = []
+        for tick in [float(x) for x in args.rollout_ticks.split(",") if x.strip()]:
+            if args.rollout_devices <= 0:
+                break
+            folder = work / f"rollout-{tick:g}"
+            folder.mkdir()
+            rollouts.append(run_rollout_level(args, args.rollout_devices, tick, folder))
+    if levels:
+        print(report(levels))
+    if rollouts:
+        print(report_rollouts(rollouts))
     out = {"when": now_utc(), "cores": cores(), "load_average": load_average(),
-           "args": {k: str(v) for k, v in vars(args).items()}, "levels": levels}  # fmt: skip
+           "args": {k: str(v) for k, v in vars(args).items()}, "levels": levels,
+           "rollouts": rollouts}  # fmt: skip
     plot_path = args.plot or (args.json.with_suffix(".png") if args.json else None)
-    print(try_plot(levels, plot_path) if plot_path else "no --json/--plot: no plot written")
+    if levels:
+        print(try_plot(levels, plot_path) if plot_path else "no --json/--plot: no plot written")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -91,8 +91,8 @@ def publish_artifact(
         filename = f"{name}-{version}.yaml"
     else:
         raise ArtifactError(f"unknown artifact kind {kind!r}")
-    _check_name(name, version)
     try:
+        _check_name(name, version)  # inside: a refused name must not leave the temp copy
         sha, size = _store_blob(data_path, blobs_dir)
     finally:
         data_path.unlink(missing_ok=True)
