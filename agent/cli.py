@@ -82,7 +82,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _install_signal_handlers(stop: threading.Event) -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("signal received signal=%s: stopping", signal.Signals(signum).name)
-        stop.set()
+        # Not stop.set() here: the handler runs on the main thread, which may be inside
+        # stop.wait() holding the event's lock, and set() would then wait on itself
+        # forever (cpython#126434). A short-lived thread sets it instead.
+        threading.Thread(target=stop.set, name="signal-stop", daemon=True).start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -279,7 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("detect", help="run the detector on still images, print JSON")
     det.add_argument("images", nargs="+", help="image files (JPEG, PNG)")
     det.add_argument("--model", default="models/yolox_nano", help="model folder")
-    det.add_argument("--score", type=float, default=None, help="score threshold override")
+    det.add_argument(
+        "--score-threshold",
+        "--score",
+        dest="score",
+        type=float,
+        default=None,
+        help="score threshold override (default: the model manifest's)",
+    )
     det.set_defaults(func=_cmd_detect)
 
     chk = sub.add_parser("check-config", help="validate a config file")

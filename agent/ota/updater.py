@@ -47,6 +47,8 @@ Reporter = Callable[[dict[str, Any]], None]
 HealthProbe = Callable[[], Mapping[str, Any]]
 Handler = ModelHandler | ConfigHandler
 _IDLE_S = 5.0
+PLANNED_RESTART = "applied restart"
+"""Probation detail of a config that is applied by a clean restart (ConfigApplier)."""
 _S = UpdateState
 
 
@@ -348,7 +350,12 @@ class OtaUpdater:
         self._records[kind] = rec
         if rec is None:
             return
-        if rec.state.live:
+        if rec.state.live and rec.detail == PLANNED_RESTART:
+            # the restart a config activation asked for is not a crash: don't count it
+            rec = rec.to(rec.state, self._clock(), detail="restarted as planned")
+            self._save(rec)
+            self._resume_live(kind, rec)
+        elif rec.state.live:
             rec = rec.to(rec.state, self._clock(), restarts=rec.restarts + 1)
             self._save(rec)
             if rec.restarts > self._cfg.probation.crash_restarts:

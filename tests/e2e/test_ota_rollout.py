@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +18,15 @@ from agent.app import Agent
 from agent.config import load_config
 from fleet.artifacts import publish_artifact
 from fleet.auth import create_token
-from fleet.db import Database, open_database
+from fleet.db import Database
 from fleet.signing import load_private_key
 from tests.agent_helpers import agent_config, read_events
-from tests.fleet.helpers import FleetServer, fleet_config, http_port
+from tests.e2e.ota_world import broker, fleet
+from tests.fleet.helpers import FleetServer
 from tests.model_helpers import make_model_dir
 from tests.mosquitto import Collector, Mosquitto
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[FleetServer, Database]]:
-    cfg = fleet_config(tmp_path / "fleet", broker.port, http_port())
-    db = open_database(cfg.database_url)
-    srv = FleetServer(cfg, db).start()
-    yield srv, db
-    srv.stop()
-    db.dispose()
+__all__ = ["broker", "fleet"]  # fixtures, shared with the other OTA tests
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, agent: Agent) -> None:
