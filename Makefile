@@ -38,7 +38,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format agent fleet tests bench
 
 bench: assets
-	$(BIN)/python bench/pipeline.py --json bench/out/pipeline.json
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf var bench/out .pytest_cache .mypy_cache .ruff_cache

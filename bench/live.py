@@ -15,7 +15,8 @@ from typing import Any
 
 import av
 
-from agent.app import Agent, RunSummary
+from agent.app import Agent
+from agent.health.report import RunSummary
 from bench.common import CpuMeter, agent_config, cores, median, progress, rnd
 
 DROP_LIMIT = 0.01
