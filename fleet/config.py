@@ -76,6 +76,16 @@ class SigningConfig(_Strict):
     )
 
 
+class RolloutsConfig(_Strict):
+    tick_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Rollout engine period; it also wakes early on a device's end state "
+        "and at each probation end, so this bounds only timeouts and gate checks.",
+    )
+
+
 class FleetConfig(_Strict):
     schema_version: Literal[1] = Field(default=1, description="Config schema version.")
     database_url: str = Field(
@@ -91,6 +101,9 @@ class FleetConfig(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig, description="HTTP API server.")
     signing: SigningConfig | None = Field(
         default=None, description="Manifest signing key; needed to publish artifacts."
+    )
+    rollouts: RolloutsConfig = Field(
+        default_factory=RolloutsConfig, description="Rollout engine settings."
     )
     max_artifact_bytes: int = Field(
         default=4 * 1024**3, ge=1024, description="Largest artifact accepted for publishing."

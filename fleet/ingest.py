@@ -13,6 +13,13 @@ does not send retained messages to shared subscriptions (MQTT 5, 4.8.2), and eve
 replica must see the retained births; applying them twice is harmless.
 
 Publishing `desired` (retained, QoS 1) goes through the same connection.
+
+Throughput: the worker takes up to `batch_size` queued messages (or what arrives
+within `batch_window_s` of the first) and stores them in one transaction, then acks
+each; a rejected message writes nothing, and a batch whose commit fails is redone
+one message per transaction. After a commit, listeners registered with
+`add_reported_listener` get the batch's `reported` device ids (the rollout engine
+wakes on them).
 """
 
 from __future__ import annotations
@@ -22,14 +29,15 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlalchemy.orm import Session
 
 from agent.protocol import (
     DesiredState,
@@ -45,7 +53,13 @@ from agent.protocol import (
 from fleet import store
 from fleet.config import FleetMqttConfig
 from fleet.db import Database
-from fleet.mqtt_client import FleetMqttError, desired_message, make_client, publish_retained
+from fleet.mqtt_client import (
+    FleetMqttError,
+    desired_message,
+    make_client,
+    publish_retained,
+    wait_published,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +73,10 @@ _MODELS: dict[str, type[_Payload]] = {
     "events": EventPayload,
     "reported": ReportedState,
 }
+
+
+ReportedListener = Callable[[dict[str, str | None]], None]
+"""Called after a batch commits with {device_id: update state} of its `reported`."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,15 @@ class _RateLimitedLog:
 
 
 @dataclass
+class _Tally:
+    """What a batch stored; counted into FleetMqtt only once the batch commits."""
+
+    stored: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    reported: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
 class _Msg:
     topic: str
     payload: bytes
@@ -118,6 +145,9 @@ class FleetMqtt:
         snapshots_dir: Path,
         clock: Callable[[], float] = time.time,
         queue_size: int = 10_000,
+        *,
+        batch_size: int = 200,
+        batch_window_s: float = 0.05,
     ) -> None:
         self.cfg = cfg
         self.db = db
@@ -129,6 +159,9 @@ class FleetMqtt:
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self.dropped = 0
+        self.batches = 0
+        self.batch_size, self.batch_window_s = batch_size, batch_window_s
+        self._listeners: list[ReportedListener] = []
         self._reject_log = _RateLimitedLog()
         self._queue: queue.Queue[_Msg | None] = queue.Queue(maxsize=queue_size)
         self._generation = 0
@@ -167,6 +200,10 @@ class FleetMqtt:
         """True when no received message is waiting to be stored (for tests and benches)."""
         return self._queue.unfinished_tasks == 0
 
+    def add_reported_listener(self, listener: ReportedListener) -> None:
+        """Call `listener` (on the ingest thread) after each batch that stored `reported`."""
+        self._listeners.append(listener)
+
     # ------------------------------------------------------------------ publishing
     def publish_desired(
         self, device_id: str, desired: DesiredState | None, timeout: float = 5.0
@@ -176,6 +213,23 @@ class FleetMqtt:
         if not self.connected.is_set():
             raise FleetMqttError("not connected to the broker")
         publish_retained(self._client, topic, payload, f"desired for {device_id}", timeout)
+
+    def publish_desired_many(
+        self, items: Sequence[tuple[str, DesiredState | None]], timeout: float = 10.0
+    ) -> list[str]:
+        """Publish many retained desired states without waiting for each PUBACK.
+
+        All are handed to paho at once (it keeps the in-flight window), then waited
+        for together up to `timeout`. Returns the ids of the devices whose PUBACK
+        came; the others are not known to be published.
+        """
+        if not self.connected.is_set():
+            raise FleetMqttError("not connected to the broker")
+        infos: list[tuple[str, mqtt.MQTTMessageInfo]] = []
+        for device_id, desired in items:
+            topic, payload = desired_message(self.cfg.prefix, device_id, desired)
+            infos.append((device_id, self._client.publish(topic, payload, qos=1, retain=True)))
+        return wait_published(infos, timeout)
 
     # ------------------------------------------------------------------ paho side
     @property
@@ -236,24 +290,79 @@ class FleetMqtt:
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
-        while True:
-            item = self._queue.get()
+        running = True
+        while running:
+            batch, running = self._next_batch()
             try:
-                if item is None:
-                    return
-                self._handle(item)
-                if item.qos > 0 and item.generation == self._generation:
-                    self._client.ack(item.mid, item.qos)
+                self._commit_batch(batch)
             except Exception:
-                log.exception("ingest failed topic=%s", item.topic if item else None)
+                log.exception("ingest batch failed size=%d", len(batch))
             finally:
-                self._queue.task_done()
+                for _ in range(len(batch) + (0 if running else 1)):
+                    self._queue.task_done()
+
+    def _next_batch(self) -> tuple[list[_Msg], bool]:
+        """Block for one message, then take more until `batch_size` or `batch_window_s`.
+
+        Returns the messages and False once the stop marker (None) was taken.
+        """
+        batch: list[_Msg] = []
+        item = self._queue.get()
+        deadline = time.monotonic() + self.batch_window_s
+        while item is not None:
+            batch.append(item)
+            if len(batch) >= self.batch_size:
+                return batch, True
+            left = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return batch, True
+        return batch, False
+
+    def _commit_batch(self, items: list[_Msg]) -> None:
+        """Store `items` in one transaction, then ack them; after a failure, one by one."""
+        if not items:
+            return
+        tally = _Tally()
+        routes = [route(self.cfg.prefix, item.topic) for item in items]
+        devices = {r.device_id for r in routes if r is not None}
+        reported = {r.device_id for r in routes if r is not None and r.kind == "reported"}
+        try:
+            with self.db.session() as s:
+                held = store.preload(s, devices, reported)
+                for item in items:
+                    self._handle(s, item, tally)
+                del held
+        except Exception:
+            if len(items) == 1:
+                log.exception("ingest failed topic=%s", items[0].topic)
+                return
+            log.warning("ingest batch rolled back, storing one by one size=%d", len(items))
+            for item in items:
+                self._commit_batch([item])
+            return
+        self.batches += 1
+        self.stored.update(tally.stored)
+        self.duplicates += tally.duplicates
+        for item in items:
+            if item.qos > 0 and item.generation == self._generation:
+                self._client.ack(item.mid, item.qos)
+        if tally.reported:
+            self._notify(tally.reported)
+
+    def _notify(self, reported: dict[str, str | None]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(reported)
+            except Exception:
+                log.exception("reported listener failed")
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         self.rejected[reason] += 1
         self._reject_log(reason, topic, detail)
 
-    def _handle(self, item: _Msg) -> None:
+    def _handle(self, s: Session, item: _Msg, tally: _Tally) -> None:
         r = route(self.cfg.prefix, item.topic)
         if r is None:
             self._reject("topic", item.topic, "not a device topic")
@@ -261,37 +370,40 @@ class FleetMqtt:
         if r.kind == "status" and not item.payload:
             return  # a cleared retained status
         try:
-            self._store(r, item.payload)
+            self._store(s, r, item.payload, tally)
         except PayloadRejectedError as exc:
             self._reject(exc.code.value, item.topic, exc.detail)
         except store.StoreError as exc:
             self._reject(exc.code, item.topic, str(exc))
 
-    def _store(self, r: Route, data: bytes) -> None:
+    def _store(self, s: Session, r: Route, data: bytes, tally: _Tally) -> None:
+        """Validate and apply one message in the batch's session.
+
+        Every rejection (StoreError, PayloadRejectedError) is raised before the
+        message writes anything, so the rest of the batch is unaffected.
+        """
         now = self.clock()
         max_b = self.cfg.max_payload_bytes
         if r.kind == "snapshot":
             if len(data) > self.cfg.max_snapshot_bytes:
                 raise store.StoreError("too_large", f"snapshot of {len(data)} bytes")
-            with self.db.session() as s:
-                store.record_snapshot(s, r.device_id, r.event_id or "", data, self.snapshots_dir)
-            self.stored["snapshot"] += 1
+            store.record_snapshot(s, r.device_id, r.event_id or "", data, self.snapshots_dir)
+            tally.stored["snapshot"] += 1
             return
         model: type[_Payload] = _MODELS[r.kind]
         payload: _Payload = parse_payload(model, data, max_b)
         if getattr(payload, "device_id", None) != r.device_id:
             raise store.StoreError("device_mismatch", "payload device_id differs from topic")
-        with self.db.session() as s:
-            self._apply(s, payload, now)
-        self.stored[r.kind] += 1
+        self._apply(s, payload, now, tally)
+        tally.stored[r.kind] += 1
 
-    def _apply(self, s: Any, payload: Any, now: float) -> None:
+    def _apply(self, s: Session, payload: _Payload, now: float, tally: _Tally) -> None:
         if isinstance(payload, StatusPayload):
             store.apply_status(s, payload, now)
         elif isinstance(payload, HealthPayload):
             store.record_health(s, payload, now)
         elif isinstance(payload, EventPayload):
             if not store.record_event(s, payload, now, self.snapshots_dir):
-                self.duplicates += 1
+                tally.duplicates += 1
         elif isinstance(payload, ReportedState):
-            store.record_reported(s, payload, now)
+            tally.reported[payload.device_id] = store.record_reported(s, payload, now)

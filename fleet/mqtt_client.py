@@ -7,8 +7,11 @@ disconnects: the CLI's `desired set` uses it when no controller connection exist
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
+import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -57,6 +60,19 @@ def publish_retained(
         raise FleetMqttError(f"{what} not published: {exc}") from exc
     if not info.is_published():
         raise FleetMqttError(f"{what} not acknowledged within {timeout}s")
+
+
+def wait_published(infos: Sequence[tuple[str, mqtt.MQTTMessageInfo]], timeout: float) -> list[str]:
+    """Wait, `timeout` in all, for many publishes; the keys of those acknowledged."""
+    deadline = time.monotonic() + timeout
+    done = []
+    for key, info in infos:
+        left = max(0.0, deadline - time.monotonic())
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(left)
+        if info.is_published():
+            done.append(key)
+    return done
 
 
 def desired_message(prefix: str, device_id: str, desired: DesiredState | None) -> tuple[str, bytes]:

@@ -2,7 +2,8 @@
 
 `router` is included by `fleet.app`; its lifespan runs inside the app's (after the
 database and the MQTT connection exist) and drives `RolloutEngine.tick` in a
-worker thread every `ROLLOUT_TICK_S` seconds. Tests may set
+worker thread every `rollouts.tick_s` seconds (fleet.yaml), or sooner when the
+engine is woken (a device's end state, a probation end, an operator command). Tests may set
 `app.state.rollout_tick_s` and `app.state.rollout_clock` before start-up.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -36,7 +37,7 @@ from fleet.rollouts import RolloutEngine
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_TICK_S = 2.0
+COALESCE_S = 0.05
 _STATUS = {"not_found": 404, "invalid_state": 409, "conflict": 409}
 
 
@@ -193,22 +194,30 @@ def rollout_history(
 
 # --------------------------------------------------------------------------- engine task
 async def _run(engine: RolloutEngine, interval: float, stop: asyncio.Event) -> None:
+    """Tick, then sleep until woken (end state, operator), the next probation end or
+    `interval`. A wake waits `COALESCE_S` more so a burst of commits costs one tick."""
     while not stop.is_set():
         try:
             await asyncio.to_thread(engine.tick)
         except Exception:
             log.exception("rollout tick failed")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        if await asyncio.to_thread(engine.wait, interval):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(COALESCE_S, interval))
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     st: FleetState = app.state.fleet
     clock: Callable[[], float] = getattr(app.state, "rollout_clock", time.time)
-    interval = float(getattr(app.state, "rollout_tick_s", ROLLOUT_TICK_S))
+    interval = float(getattr(app.state, "rollout_tick_s", st.cfg.rollouts.tick_s))
     engine = RolloutEngine(st.db, st.sink, clock=clock)
     app.state.rollouts = engine
+    mqtt_conn = getattr(app.state, "mqtt", None)
+    if mqtt_conn is not None and hasattr(mqtt_conn, "add_reported_listener"):
+        mqtt_conn.add_reported_listener(engine.notify_reported)
     stop = asyncio.Event()
     task = asyncio.create_task(_run(engine, interval, stop), name="rollout-engine")
     log.info("rollout engine started tick_s=%.1f", interval)
@@ -216,6 +225,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
+        engine.wake()
         await task
 
 
@@ -230,15 +240,23 @@ router = APIRouter(
 ActorDep = Annotated[str, Depends(require_token)]
 
 
+def _wake(request: Request) -> None:
+    """Have the engine act on an operator command now rather than at its next tick."""
+    engine = getattr(request.app.state, "rollouts", None)
+    if isinstance(engine, RolloutEngine):
+        engine.wake()
+
+
 def _http(exc: RolloutError) -> HTTPException:
     return HTTPException(status_code=_STATUS.get(exc.code, 422), detail=str(exc))
 
 
 @router.post("", response_model=RolloutDetailOut, status_code=201)
-def start(spec: RolloutSpec, st: StateDep, actor: ActorDep) -> RolloutDetailOut:
-    """Start a rollout; its first wave is launched by the engine's next tick."""
+def start(spec: RolloutSpec, st: StateDep, actor: ActorDep, request: Request) -> RolloutDetailOut:
+    """Start a rollout; the engine, woken at once, launches its first wave."""
     try:
         rid = create_rollout(st.db, spec, st.cfg.http.public_url, actor)
+        _wake(request)
         return rollout_detail(st.db, rid)
     except RolloutError as exc:
         raise _http(exc) from exc
@@ -285,9 +303,10 @@ def pause(rollout_id: int, st: StateDep, actor: ActorDep) -> RolloutDetailOut:
 
 
 @router.post("/{rollout_id}/resume", response_model=RolloutDetailOut)
-def resume(rollout_id: int, st: StateDep, actor: ActorDep) -> RolloutDetailOut:
+def resume(rollout_id: int, st: StateDep, actor: ActorDep, request: Request) -> RolloutDetailOut:
     try:
         resume_rollout(st.db, rollout_id, actor)
+        _wake(request)
         return rollout_detail(st.db, rollout_id)
     except RolloutError as exc:
         raise _http(exc) from exc
@@ -295,11 +314,16 @@ def resume(rollout_id: int, st: StateDep, actor: ActorDep) -> RolloutDetailOut:
 
 @router.post("/{rollout_id}/abort", response_model=RolloutDetailOut)
 def abort(
-    rollout_id: int, st: StateDep, actor: ActorDep, body: AbortIn | None = None
+    rollout_id: int,
+    st: StateDep,
+    actor: ActorDep,
+    request: Request,
+    body: AbortIn | None = None,
 ) -> RolloutDetailOut:
     """Stop for good; with `rollback`, launched devices get their previous desired state."""
     try:
         abort_rollout(st.db, rollout_id, actor, rollback=body.rollback if body else False)
+        _wake(request)
         return rollout_detail(st.db, rollout_id)
     except RolloutError as exc:
         raise _http(exc) from exc

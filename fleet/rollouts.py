@@ -19,14 +19,21 @@ their own clock):
 A device counts as updated only in `committed`. Every change is appended to
 `rollout_history`. Operator commands (`fleet.rollout_commands`) only write the
 database; the engine publishes what they leave pending.
+
+A wave's desired states are published together and their PUBACKs awaited once
+(`fleet.desired.publish_all`). Between ticks, `wait` returns early when ingest's
+reports (`notify_reported`) show a failure in a wave or every device of an
+updating wave ended, at the next probation end, or on `wake`, so waves advance
+without waiting out a full tick.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +42,8 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import DesiredState
 from fleet.db import Database
-from fleet.desired import DesiredSink
+from fleet.desired import DesiredSink, publish_all
 from fleet.models import Device, Reported
-from fleet.mqtt_client import FleetMqttError
 from fleet.rollout_gate import Counters, GateResult, Verdict, counters_from_health, evaluate_gate
 from fleet.rollout_gate import window as gate_window
 from fleet.rollout_models import (
@@ -163,10 +169,19 @@ class RolloutEngine:
     """Advances every active rollout on `tick` and publishes what is pending."""
 
     def __init__(
-        self, db: Database, sink: DesiredSink | None, clock: Callable[[], float] = time.time
+        self,
+        db: Database,
+        sink: DesiredSink | None,
+        clock: Callable[[], float] = time.time,
+        publish_timeout_s: float = 10.0,
     ) -> None:
         self.db, self.sink, self.clock = db, sink, clock
+        self.publish_timeout_s = publish_timeout_s
         self.publish_failures = 0
+        self._wake = threading.Event()
+        self._inflight: dict[int, set[str]] = {}
+        self._ended: set[str] = set()
+        self._due: float | None = None
         ensure_tables(db)
 
     def tick(self, now: float | None = None) -> int:
@@ -175,12 +190,61 @@ class RolloutEngine:
         with self.db.session() as s:
             ids = s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE_ROLLOUT_STATES)))
             active = list(ids)
+        self._ended = set()
+        inflight: dict[int, set[str]] = {}
+        due: list[float] = []
         for rollout_id in active:
             with self.db.session() as s:
-                self._advance(s, rollout_id, now)
+                self._advance(s, rollout_id, now, inflight, due)
+        for members in inflight.values():
+            members.difference_update(self._ended)  # ended while this tick ran
+        self._inflight, self._due = inflight, min(due, default=None)
+        if any(not members for members in inflight.values()):
+            self._wake.set()
         return self.flush(now)
 
-    def _advance(self, s: Session, rollout_id: int, now: float) -> None:
+    # ------------------------------------------------------------------ waking early
+    def notify_reported(self, reported: Mapping[str, str | None]) -> None:
+        """Ingest's hook: wake on a failure of a device in flight in a rollout (it may
+        halt the wave), or once every in-flight device of a wave has ended."""
+        ended = {d for d, st in reported.items() if st in OTA_STATES and st not in IN_FLIGHT}
+        if not ended:
+            return
+        self._ended |= ended
+        for ids in list(self._inflight.values()):
+            hit = ids & ended
+            if not hit:
+                continue
+            if any(reported[d] in FAILURE_STATES for d in hit):
+                self._wake.set()
+            ids.difference_update(hit)
+            if not ids:
+                self._wake.set()
+
+    def wake(self) -> None:
+        """Have the next `wait` return at once (an operator command, a stop)."""
+        self._wake.set()
+
+    def next_due(self) -> float | None:
+        """The earliest probation end seen by the last tick (engine clock), if any."""
+        return self._due
+
+    def wait(self, interval: float) -> bool:
+        """Block until woken, the next probation end, or `interval`; True if woken."""
+        due = self._due
+        timeout = interval if due is None else min(interval, max(0.0, due - self.clock()))
+        woken = self._wake.wait(timeout)
+        self._wake.clear()
+        return woken
+
+    def _advance(
+        self,
+        s: Session,
+        rollout_id: int,
+        now: float,
+        inflight: dict[int, set[str]],
+        due: list[float],
+    ) -> None:
         r = s.get(Rollout, rollout_id, with_for_update=True)
         if r is None or r.state not in ACTIVE_ROLLOUT_STATES:
             return
@@ -202,9 +266,19 @@ class RolloutEngine:
         if r.current_wave < 0:
             if r.state == RolloutState.RUNNING.value:
                 self._launch(ctx, waves[0])
-            return
-        self._observe(ctx)
-        self._judge(ctx, waves[r.current_wave])
+        else:
+            self._observe(ctx)
+            self._judge(ctx, waves[r.current_wave])
+        if r.state in ACTIVE_ROLLOUT_STATES and r.current_wave >= 0:
+            wave = waves[r.current_wave]
+            if wave.state == WaveState.UPDATING.value:
+                inflight[r.id] = {
+                    row.device_id
+                    for row in rows
+                    if row.wave == wave.index and row.state in IN_FLIGHT and not row.reverted
+                }
+            if wave.state == WaveState.PROBATION.value and wave.probation_until is not None:
+                due.append(wave.probation_until)
 
     def _launch(self, ctx: _Ctx, wave: RolloutWave) -> None:
         members = ctx.members(wave.index)
@@ -360,7 +434,7 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ publishing
     def flush(self, now: float | None = None) -> int:
-        """Publish every pending desired state; stop at the first failure (broker down)."""
+        """Publish every pending desired state; what is not acknowledged stays pending."""
         if self.sink is None:
             return 0
         now = self.clock() if now is None else now
@@ -371,25 +445,32 @@ class RolloutEngine:
                     select(RolloutDevice).where(RolloutDevice.publish_pending.is_(True))
                 )
             ]
-        done: list[tuple[int, str, Any]] = []
-        for rollout_id, device_id, payload in todo:
-            desired = DesiredState.model_validate(payload) if payload is not None else None
-            try:
-                self.sink.publish_desired(device_id, desired)
-            except FleetMqttError as exc:
-                self.publish_failures += 1
-                log.warning(
-                    "rollout publish failed rollout=%d device=%s pending=%d error=%s",
-                    rollout_id,
-                    device_id,
-                    len(todo) - len(done),
-                    exc,
-                )
-                break
-            done.append((rollout_id, device_id, payload))
+        done = self._publish(self.sink, todo)
         if done:
             self._mark_published(done, now)
         return len(done)
+
+    def _publish(
+        self, sink: DesiredSink, todo: list[tuple[int, str, Any]]
+    ) -> list[tuple[int, str, Any]]:
+        """Publish `todo` (see `publish_all`); the entries acknowledged."""
+        items = [
+            (device_id, DesiredState.model_validate(p) if p is not None else None)
+            for _, device_id, p in todo
+        ]
+        acked, error = publish_all(sink, items, self.publish_timeout_s)
+        done = [entry for entry in todo if entry[1] in acked]
+        if error is not None:
+            missing = next(entry for entry in todo if entry[1] not in acked)
+            self._publish_failed(missing[0], missing[1], len(todo) - len(done), error)
+        return done
+
+    def _publish_failed(self, rollout_id: int, device_id: str, pending: int, exc: object) -> None:
+        self.publish_failures += 1
+        log.warning(
+            "rollout publish failed rollout=%d device=%s pending=%d error=%s",
+            rollout_id, device_id, pending, exc,
+        )  # fmt: skip
 
     def _mark_published(self, done: list[tuple[int, str, Any]], now: float) -> None:
         with self.db.session() as s:

@@ -31,6 +31,7 @@ from fleet.models import Device, Event, Reported
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+PRELOAD_CHUNK = 500
 
 
 class StoreError(Exception):
@@ -59,6 +60,19 @@ def ensure_device(s: Session, device_id: str, now: float) -> Device:
         s.flush()
         log.info("device registered device=%s", device_id)
     return dev
+
+
+def preload(s: Session, device_ids: set[str], reported_ids: set[str]) -> list[object]:
+    """Load these devices' rows (and `reported` rows) in a few queries, so the batch's
+    per-message `s.get` calls hit the identity map instead of a SELECT plus autoflush
+    each. Hold the returned list for the session's life (the identity map is weak)."""
+    out: list[object] = []
+    for model, key, ids in ((Device, Device.id, device_ids),
+                            (Reported, Reported.device_id, reported_ids)):  # fmt: skip
+        wanted = sorted(ids)
+        for i in range(0, len(wanted), PRELOAD_CHUNK):
+            out.extend(s.scalars(select(model).where(key.in_(wanted[i : i + PRELOAD_CHUNK]))))
+    return out
 
 
 def apply_status(s: Session, status: StatusPayload, now: float) -> StatusOutcome:
@@ -91,7 +105,8 @@ def record_health(s: Session, health: HealthPayload, now: float) -> None:
     dev.last_seen = now
 
 
-def record_reported(s: Session, rep: ReportedState, now: float) -> None:
+def record_reported(s: Session, rep: ReportedState, now: float) -> str | None:
+    """Upsert the device's reported state; returns its OTA update position."""
     ensure_device(s, rep.device_id, now).last_seen = now
     payload = rep.model_dump(mode="json", by_alias=True)
     row = s.get(Reported, rep.device_id)
@@ -106,6 +121,7 @@ def record_reported(s: Session, rep: ReportedState, now: float) -> None:
     else:
         row.payload, row.update_state = payload, state
         row.timestamp, row.received_at = rep.timestamp, now
+    return state
 
 
 def update_state_of(payload: dict[str, Any]) -> str | None:

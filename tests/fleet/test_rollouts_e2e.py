@@ -286,8 +286,15 @@ def test_a_wave_failing_beyond_the_threshold_halts_and_rolls_back(
     members = env.members(rid)
     assert all(members[d]["reverted"] for d in first)
     assert any(members[d]["state"] == state for d in first)
-    for dev in first:  # the registry's desired is back to demo@1 as well
-        assert env.api.get(f"/api/devices/{dev}").json()["desired"]["config"]["version"] == "1"
+    # the registry's desired is back to demo@1 as well (recorded once the PUBACKs are in)
+    env.watch.wait(
+        lambda: all(
+            env.api.get(f"/api/devices/{d}").json()["desired"]["config"]["version"] == "1"
+            for d in first
+        ),
+        5,
+        "registry desired back to demo@1",
+    )
     # while the next wave never received the new version
     assert all(env.watch.versions(d) == ["1"] for d in rest)
     assert all(members[d]["state"] == "waiting" for d in rest)
