@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from av.video.reformatter import VideoReformatter
+
 from agent.health.drift import DriftMonitor, sample_image
 from agent.metrics import LatencyWindow, RateWindow
 from agent.outputs.snapshot import SnapshotStore, render_snapshot
@@ -73,6 +75,7 @@ class CameraLane:
         self._max_frames = max_frames
         self._frame_gap_s = frame_gap_s
         self.drift = drift
+        self._reformatter = VideoReformatter()  # used under the lane lock only
         self._rate = RateWindow()
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[FramePacket, Detections | None]] = {}
@@ -170,7 +173,7 @@ class CameraLane:
         for event in events:
             self._emit_event(event, pkt)
         if self.drift is not None and self.drift.due(t):
-            self.drift.observe_image(sample_image(pkt.image), t)
+            self.drift.observe_image(sample_image(pkt.image, reformatter=self._reformatter), t)
             self.drift.observe_output(len(dets), dets.scores, t)
         now = time.monotonic()
         self._rate.add(now)
@@ -186,6 +189,7 @@ class CameraLane:
                 caption,
                 max_width=self._snapshots.max_width,
                 quality=self._snapshots.quality,
+                reformatter=self._reformatter,
             )
             if self._snapshots.store is not None:
                 path = str(self._snapshots.store.save(self.camera_id, event.event_id, jpeg))

@@ -27,6 +27,7 @@ from agent.config.health import DriftConfig
 
 if TYPE_CHECKING:
     import av
+    from av.video.reformatter import VideoReformatter
 
 FloatArray = npt.NDArray[np.float64]
 _INPUT_FEATURES = ("brightness", "contrast", "sharpness", "colour_bg", "colour_rg")
@@ -77,9 +78,23 @@ class DriftChange:
     t: float
 
 
-def sample_image(frame: av.VideoFrame, width: int = 160, height: int = 120) -> npt.NDArray[Any]:
-    """A small BGR image of `frame` for statistics, scaled by swscale (area filter)."""
-    return frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="AREA")
+def sample_image(
+    frame: av.VideoFrame,
+    width: int = 160,
+    height: int = 120,
+    reformatter: VideoReformatter | None = None,
+) -> npt.NDArray[Any]:
+    """A small BGR image of `frame` for statistics, scaled by swscale (area filter).
+
+    Pass a long-lived `reformatter` where this runs repeatedly: a fresh one per call
+    starts its own swscale thread pool each time.
+    """
+    if reformatter is None:
+        return frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="AREA")
+    small = reformatter.reformat(
+        frame, width=width, height=height, format="bgr24", interpolation="AREA", threads=1
+    )
+    return small.to_ndarray()
 
 
 def frame_stats(

@@ -21,6 +21,7 @@ from agent.types import Box
 
 if TYPE_CHECKING:
     import av
+    from av.video.reformatter import VideoReformatter
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,16 @@ def render_snapshot(
     *,
     max_width: int = 1280,
     quality: int = 85,
+    reformatter: VideoReformatter | None = None,
 ) -> bytes:
     """JPEG bytes of `frame` with `box` (source pixels) outlined and captioned."""
     scale = min(1.0, max_width / frame.width)
     width, height = round(frame.width * scale) // 2 * 2, round(frame.height * scale) // 2 * 2
-    rgb: np.ndarray = frame.to_ndarray(width=width, height=height, format="rgb24")
+    if reformatter is None:
+        rgb: np.ndarray = frame.to_ndarray(width=width, height=height, format="rgb24")
+    else:  # a long-lived single-threaded context: no new swscale thread pool per snapshot
+        scaled = reformatter.reformat(frame, width=width, height=height, format="rgb24", threads=1)
+        rgb = scaled.to_ndarray()
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     if box is not None:
