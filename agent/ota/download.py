@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.ota.errors import OtaError, ReasonCode, RetriableError
+from agent.state import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Downloader:
@@ -296,4 +289,4 @@ class Downloader:
         return final
 
 
-__all__ = ["Artifact", "Downloader", "fetch_small", "fsync_dir", "sha256_of"]
+__all__ = ["Artifact", "Downloader", "fetch_small", "sha256_of"]

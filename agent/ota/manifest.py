@@ -24,7 +24,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -37,6 +36,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.state import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -292,22 +293,8 @@ class SequenceStore:
         if sequence <= self._values.get(kind, -1):
             return
         self._values[kind] = sequence
-        _atomic_write(self._path, json.dumps(self._values, sort_keys=True).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._path, json.dumps(self._values, sort_keys=True).encode())
 
 
 class ManifestPolicy:

@@ -23,8 +23,8 @@ import tarfile
 import time
 from pathlib import Path, PurePosixPath
 
-from agent.ota.download import fsync_dir
 from agent.ota.errors import OtaError, ReasonCode
+from agent.state import fsync_dir
 
 log = logging.getLogger(__name__)
 
