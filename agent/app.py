@@ -153,6 +153,7 @@ class Agent:
                 for cam in self.cfg.cameras:
                     if cam.id in self.lanes:
                         self.lanes[cam.id].replace_rules(self._make_rules(cam))
+        start_engine_builds(self.cfg, model)  # TensorRT rungs climb to it once it is built
         log.info(
             "model swapped model=%s@%s relabelled=%s",
             model.manifest.name,
