@@ -2,7 +2,8 @@
 collector on the device's `reported` topic, and the real agent, in-process (`Agent`) or
 as its own `python -m agent run` process.
 
-Fixtures (import them into a test module to use them): `broker`, `fleet`, `world`.
+Fixtures (import them into a test module to use them): `fleet`, `world`; `broker`
+comes from tests/conftest.py.
 `World` wraps what an operator and an attacker can do (publish artifacts with the
 fleet's key, set desired through the API or straight on the broker, serve forged
 artifacts) and what a test waits for (an update state in `reported`, the controller's
@@ -49,13 +50,6 @@ FACTORY_VERSION = "0.1.1"
 """The version of the provisioned model folder (the shipped model.json)."""
 TERMINAL = ("committed", "failed", "rolled_back")
 Report = dict[str, Any]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture
@@ -333,7 +327,7 @@ def leftovers(state_dir: Path) -> list[str]:
 
 __all__ = [
     "DESIRED", "DEVICE", "FACTORY_VERSION", "HEALTH", "REPORTED", "TERMINAL",
-    "AgentProcess", "World", "broker",
+    "AgentProcess", "World",
     "config_with_rules", "fleet", "frames_flow", "leftovers", "pointer_versions",
     "running_agent", "serving_folder", "update_of", "world", "write_agent_config",
 ]  # fmt: skip

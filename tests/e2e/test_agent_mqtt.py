@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.app import Agent
 from agent.config import load_config
 from tests.agent_helpers import agent_config, read_events
 from tests.mosquitto import Collector, Mosquitto, validate
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def test_vtest_events_reach_a_subscriber_valid_against_the_schemas(

@@ -25,7 +25,6 @@ from tests.agent_helpers import read_events
 from tests.e2e.ota_world import (
     AgentProcess,
     World,
-    broker,
     config_with_rules,
     fleet,
     frames_flow,
@@ -37,7 +36,7 @@ from tests.e2e.ota_world import (
 from tests.mosquitto import wait_until
 from tests.ota_helpers import publish
 
-__all__ = ["broker", "fleet", "world"]  # fixtures used by name
+__all__ = ["fleet", "world"]  # fixtures used by name
 
 WHOLE_FRAME = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
 STREET_WIDE = {"id": "street-wide", "type": "zone", "polygon": WHOLE_FRAME, "min_dwell_s": 0.5}

@@ -24,7 +24,6 @@ from tests.e2e.ota_world import (
     TERMINAL,
     AgentProcess,
     World,
-    broker,
     fleet,
     leftovers,
     pointer_versions,
@@ -37,7 +36,7 @@ from tests.model_helpers import make_model_dir
 from tests.mosquitto import wait_until
 from tests.ota_helpers import model_tar, publish
 
-__all__ = ["broker", "fleet", "world"]  # fixtures used by name
+__all__ = ["fleet", "world"]  # fixtures used by name
 
 V2 = "0.2.0"
 PADDING_MB = 128

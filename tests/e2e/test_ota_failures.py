@@ -26,7 +26,6 @@ from agent.ota.manifest import TIMESYNC_FLAG
 from tests.e2e.ota_world import (
     FACTORY_VERSION,
     World,
-    broker,
     fleet,
     frames_flow,
     pointer_versions,
@@ -39,7 +38,7 @@ from tests.model_helpers import make_model_dir, write_manifest
 from tests.mosquitto import wait_until
 from tests.ota_helpers import make_keys, model_tar, publish
 
-__all__ = ["broker", "fleet", "world"]  # fixtures used by name
+__all__ = ["fleet", "world"]  # fixtures used by name
 
 V2, V3, V4 = "0.2.0", "0.3.0", "0.4.0"
 PICK = {"name": "yolox_nano"}

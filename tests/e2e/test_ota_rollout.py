@@ -21,12 +21,12 @@ from fleet.auth import create_token
 from fleet.db import Database
 from fleet.signing import load_private_key
 from tests.agent_helpers import agent_config, read_events
-from tests.e2e.ota_world import broker, fleet
+from tests.e2e.ota_world import fleet
 from tests.fleet.helpers import FleetServer
 from tests.model_helpers import make_model_dir
 from tests.mosquitto import Collector, Mosquitto
 
-__all__ = ["broker", "fleet"]  # fixtures, shared with the other OTA tests
+__all__ = ["fleet"]  # fixtures, shared with the other OTA tests
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, agent: Agent) -> None:

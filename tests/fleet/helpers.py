@@ -3,8 +3,10 @@ and raw device clients that can leave with their Last Will."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.protocol import DeviceState, StatusPayload, Topics
 from fleet.app import create_app
 from fleet.config import FleetConfig
-from fleet.db import Database
+from fleet.db import Database, open_database
+from fleet.ingest import FleetMqtt
 from fleet.signing import generate_keypair
 from tests.mosquitto import free_port, wait_until
 
@@ -38,6 +41,23 @@ def fleet_config(tmp_path: Path, broker_port: int | None, http_port: int = 0) ->
         "signing": {"private_key": str(key)},
     }  # fmt: skip
     return FleetConfig.model_validate(data)
+
+
+@contextlib.contextmanager
+def running_ingest(
+    tmp_path: Path, broker_port: int, **ingest: Any
+) -> Iterator[tuple[FleetConfig, Database, FleetMqtt]]:
+    """The controller's MQTT ingest on its own database, connected to the broker."""
+    cfg = fleet_config(tmp_path, broker_port)
+    assert cfg.mqtt is not None
+    db = open_database(cfg.database_url)
+    conn = FleetMqtt(cfg.mqtt, db, cfg.snapshots_dir, **ingest)
+    conn.start()
+    try:
+        yield cfg, db, conn
+    finally:
+        conn.stop()
+        db.dispose()
 
 
 class FleetServer:

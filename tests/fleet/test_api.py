@@ -21,13 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def server(broker: Mosquitto, tmp_path: Path) -> Iterator[FleetServer]:
     cfg = fleet_config(tmp_path, broker.port, http_port())
     db = open_database(cfg.database_url)

@@ -15,27 +15,14 @@ from fleet.config import FleetConfig
 from fleet.db import Database, open_database
 from fleet.ingest import FleetMqtt
 from fleet.models import Device, Event, Reported
-from tests.fleet.helpers import RawDevice, fleet_config
+from tests.fleet.helpers import RawDevice, fleet_config, running_ingest
 from tests.mosquitto import Mosquitto, make_cfg, publisher, synthetic_record, wait_until
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def setup(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[FleetConfig, Database, FleetMqtt]]:
-    cfg = fleet_config(tmp_path, broker.port)
-    assert cfg.mqtt is not None
-    db = open_database(cfg.database_url)
-    conn = FleetMqtt(cfg.mqtt, db, cfg.snapshots_dir)
-    conn.start()
-    yield cfg, db, conn
-    conn.stop()
-    db.dispose()
+    with running_ingest(tmp_path, broker.port) as running:
+        yield running
 
 
 def _device(db: Database, device_id: str) -> Device | None:

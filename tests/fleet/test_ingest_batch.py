@@ -11,33 +11,20 @@ from sqlalchemy import func, select
 
 from agent.protocol import DesiredState, DeviceState, ReportedState, StatusPayload, Topics
 from fleet.config import FleetConfig
-from fleet.db import Database, open_database
+from fleet.db import Database
 from fleet.ingest import FleetMqtt
 from fleet.models import Device, Reported
 from fleet.mqtt_client import FleetMqttError
-from tests.fleet.helpers import RawDevice, fleet_config
+from tests.fleet.helpers import RawDevice, running_ingest
 from tests.mosquitto import Mosquitto, wait_until
 
 WINDOW_S = 0.5  # wide enough that a quick burst lands in one batch
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def setup(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[FleetConfig, Database, FleetMqtt]]:
-    cfg = fleet_config(tmp_path, broker.port)
-    assert cfg.mqtt is not None
-    db = open_database(cfg.database_url)
-    conn = FleetMqtt(cfg.mqtt, db, cfg.snapshots_dir, batch_window_s=WINDOW_S)
-    conn.start()
-    yield cfg, db, conn
-    conn.stop()
-    db.dispose()
+    with running_ingest(tmp_path, broker.port, batch_window_s=WINDOW_S) as running:
+        yield running
 
 
 def _status(device_id: str, session: int, state: DeviceState) -> bytes:

@@ -14,11 +14,11 @@ from sqlalchemy import func, select
 
 from agent.protocol import ArtifactRef, DesiredState, Topics
 from fleet.config import FleetConfig
-from fleet.db import Database, open_database
+from fleet.db import Database
 from fleet.ingest import FleetMqtt
 from fleet.models import Device, Event, Reported
 from fleet.simulator import SimConfig, Simulator
-from tests.fleet.helpers import fleet_config
+from tests.fleet.helpers import running_ingest
 from tests.mosquitto import Collector, Mosquitto, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,22 +27,9 @@ OTA_PATH = ["pending", "downloading", "verifying", "staging", "validating", "act
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def ingest(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[FleetConfig, Database, FleetMqtt]]:
-    cfg = fleet_config(tmp_path, broker.port)
-    assert cfg.mqtt is not None
-    db = open_database(cfg.database_url)
-    conn = FleetMqtt(cfg.mqtt, db, cfg.snapshots_dir)
-    conn.start()
-    yield cfg, db, conn
-    conn.stop()
-    db.dispose()
+    with running_ingest(tmp_path, broker.port) as running:
+        yield running
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ Assistant starting up) receives, after every connect."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,13 +38,6 @@ mqtt:
   reconnect: {initial_s: 0.1, max_s: 0.3, jitter: 0.5}
   home_assistant: {enabled: true}
 """
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def agent_config(port: int, state: Path) -> AgentConfig:

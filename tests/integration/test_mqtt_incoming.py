@@ -27,13 +27,6 @@ from tests.mosquitto import (
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def fleet(broker: Mosquitto) -> Iterator[Collector]:
     """The fleet side: watches device output and sends desired/cmd."""
     c = Collector(broker.port, ["edge/dev-a/#"], client_id="fleet").start()

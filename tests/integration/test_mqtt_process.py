@@ -7,11 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.mosquitto import REPO, Collector, Mosquitto, event_ids, validate
 
@@ -59,13 +56,6 @@ class Child:
         self.proc.wait(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def statuses(c: Collector) -> list[dict[str, Any]]:

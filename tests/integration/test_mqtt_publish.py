@@ -24,13 +24,6 @@ from tests.mosquitto import (
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def collector(broker: Mosquitto) -> Iterator[Collector]:
     topics = ["events", "events/+/snapshot", "status", "health", "reported", "response/#"]
     c = Collector(broker.port, [f"edge/+/{t}" for t in topics])
