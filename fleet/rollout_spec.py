@@ -39,7 +39,10 @@ class WaveState(str, enum.Enum):
 
 
 class DeviceRolloutState(str, enum.Enum):
-    """`waiting` (not launched yet), the device's own OTA positions, and `timed_out`."""
+    """`waiting` (not launched yet), the device's own OTA positions, and `timed_out`.
+
+    The middle values are agent.ota.state.UpdateState's, spelled out so the controller's
+    enum stays a plain one; tests/fleet/test_state_contract.py keeps the two in step."""
 
     WAITING = "waiting"
     PENDING = "pending"

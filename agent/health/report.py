@@ -26,22 +26,36 @@ class RunSummary:
         )
 
 
-def camera_health(
+def _camera_counts(
     camera: CameraWorker,
     lane: CameraLane,
     state: CameraState,
     hub: Mapping[str, Mapping[str, int]],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rows both reports share, and the camera thread's own stats."""
     stats = camera.stats()
     return {
         "state": state.value,
         "frames_decoded": stats.get("frames_decoded", 0),
         "frames_processed": lane.frames_processed,
         "detections": lane.detections,
-        "confidence_sum": round(lane.confidence_sum, 3),
-        "drops": hub.get(camera.camera_id, {}).get("dropped", 0),
-        "skipped": stats.get("skipped", 0),
         "reconnects": stats.get("reconnects", 0),
+    }, {**stats, "dropped": hub.get(camera.camera_id, {}).get("dropped", 0)}
+
+
+def camera_health(
+    camera: CameraWorker,
+    lane: CameraLane,
+    state: CameraState,
+    hub: Mapping[str, Mapping[str, int]],
+) -> dict[str, Any]:
+    """One camera's section of the periodic health report."""
+    row, stats = _camera_counts(camera, lane, state, hub)
+    return {
+        **row,
+        "confidence_sum": round(lane.confidence_sum, 3),
+        "drops": stats["dropped"],
+        "skipped": stats.get("skipped", 0),
         "target_fps": stats.get("target_fps"),
         "fps_processed": round(lane.fps(), 2),
         "latency_ms": lane.frame_latency.percentiles_ms(),
@@ -55,16 +69,13 @@ def camera_summary(
     state: CameraState,
     hub: Mapping[str, Mapping[str, int]],
 ) -> dict[str, Any]:
-    stats = camera.stats()
+    """One camera's row of the end-of-run summary."""
+    row, stats = _camera_counts(camera, lane, state, hub)
     return {
-        "state": state.value,
-        "frames_decoded": stats.get("frames_decoded", 0),
-        "frames_processed": lane.frames_processed,
-        "frames_dropped": hub.get(camera.camera_id, {}).get("dropped", 0),
+        **row,
+        "frames_dropped": stats["dropped"],
         "frames_skipped": stats.get("skipped", 0),
         "inference_failures": lane.frames_failed,
-        "reconnects": stats.get("reconnects", 0),
-        "detections": lane.detections,
         "events": lane.events,
         "frame_latency_ms": lane.frame_latency.percentiles_ms(),
         "event_latency_ms": lane.event_latency.percentiles_ms(),
