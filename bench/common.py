@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,3 +207,21 @@ def try_plot(figures: dict[str, Any], path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return f"plot written to {path}"
+
+
+def largest_passing(check: Callable[[int], bool], max_n: int) -> tuple[int, int | None]:
+    """Largest n in 1..max_n with check(n) true, assuming it is monotone: doubling, then
+    bisection. Returns (largest passing n or 0, smallest failing n or None)."""
+    good, bad, n = 0, None, 1
+    while n <= max_n:
+        if not check(n):
+            bad = n
+            break
+        good, n = n, n * 2
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        if check(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, bad

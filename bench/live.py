@@ -17,7 +17,7 @@ import av
 
 from agent.app import Agent
 from agent.health.report import RunSummary
-from bench.common import CpuMeter, agent_config, cores, median, progress, rnd
+from bench.common import CpuMeter, agent_config, cores, largest_passing, median, progress, rnd
 
 DROP_LIMIT = 0.01
 RATE_LIMIT = 0.97
@@ -86,18 +86,7 @@ def live_capacity(
         )
         return bool(trials[n]["sustained"])
 
-    good, bad, n = 0, None, 1
-    while n <= max_n:
-        if not trial(n):
-            bad = n
-            break
-        good, n = n, n * 2
-    while bad is not None and bad - good > 1:
-        mid = (good + bad) // 2
-        if trial(mid):
-            good = mid
-        else:
-            bad = mid
+    good, bad = largest_passing(trial, max_n)
     return {
         "camera_fps": rate,
         "workers": workers,

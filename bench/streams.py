@@ -40,6 +40,7 @@ from bench.common import (
     cores,
     find_video,
     fmt,
+    largest_passing,
     load_average,
     now_utc,
     progress,
@@ -121,18 +122,7 @@ def search(
                 break
         return verdict
 
-    good, bad, n = 0, None, 1
-    while n <= max_n:
-        if not ok(n):
-            bad = n
-            break
-        good, n = n, n * 2
-    while bad is not None and bad - good > 1:
-        mid = (good + bad) // 2
-        if ok(mid):
-            good = mid
-        else:
-            bad = mid
+    good, bad = largest_passing(ok, max_n)
     return {
         "input": describe(video),
         "camera_fps": rate,
