@@ -41,7 +41,6 @@ from agent.inference.detector import Detector
 from agent.inference.model import load_model_folder
 from agent.inference.onnxrt import OnnxRuntimeBackend
 from agent.inference.preprocess import (
-    DEFAULT_INTERPOLATION,
     alloc_input_image,
     compute_letterbox,
     letterbox_frame,
@@ -144,6 +143,7 @@ class StageRig:
         w, h = self.source.width, self.source.height
         self.lb = compute_letterbox(w, h, inp.width, inp.height, inp.letterbox)
         self.img = alloc_input_image(self.lb, inp.pad_value)
+        self.reformatter = VideoReformatter()  # reused across frames, as the Detector does
         self.tensor = np.empty((1, 3, inp.height, inp.width), np.float32)
         self.events = 0
 
@@ -170,7 +170,12 @@ class StageRig:
         clock, inp, lb = time.process_time, self.inp, self.lb
         t1 = clock()
         letterbox_frame(
-            decoded.frame, lb, self.img, channel_order=inp.channel_order, pad_value=inp.pad_value
+            decoded.frame,
+            lb,
+            self.img,
+            channel_order=inp.channel_order,
+            pad_value=inp.pad_value,
+            reformatter=self.reformatter,
         )
         t2 = clock()
         to_nchw_float(self.img, inp.scale, self.tensor)
@@ -229,34 +234,6 @@ def isolated_stages(cfg: AgentConfig, limit: int) -> dict[str, Any]:
         "letterbox_size": [rig.lb.new_w, rig.lb.new_h],
         "background_cores": rnd(meter.result.background_cores, 2),
     }
-
-
-def letterbox_variants(video: Path, limit: int, width: int, height: int) -> dict[str, float]:
-    """CPU ms per frame of the swscale resize+convert: per-frame context vs a reused one.
-
-    `VideoFrame.reformat` builds a new SwsContext (with an automatic slice-thread pool)
-    for every new frame, which is what the agent's letterbox does today.
-    """
-    shared = VideoReformatter()
-    kwargs: dict[str, Any] = {"width": width, "height": height, "format": "bgr24"}
-    kwargs["interpolation"] = DEFAULT_INTERPOLATION
-    totals = {"frame.reformat (today)": 0.0, "shared VideoReformatter, threads=1": 0.0}
-    frames = 0
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_type = "NONE"
-        for frame in container.decode(stream):
-            if frames >= limit:
-                break
-            t0 = time.process_time()
-            shared.reformat(frame, threads=1, **kwargs).to_ndarray()
-            t1 = time.process_time()
-            frame.reformat(**kwargs).to_ndarray()
-            t2 = time.process_time()
-            totals["shared VideoReformatter, threads=1"] += t1 - t0
-            totals["frame.reformat (today)"] += t2 - t1
-            frames += 1
-    return {k: round(1000 * v / max(1, frames), 3) for k, v in totals.items()}
 
 
 # --- report -------------------------------------------------------------------------
@@ -340,8 +317,6 @@ def report(fig: dict[str, Any]) -> str:
             stage_rows,
         )
     )
-    lv = [[k, fmt(v, 3)] for k, v in fig["letterbox_variants_ms"].items()]
-    out.append(table("swscale resize + BGR (CPU ms per frame)", ["variant", "ms"], lv))
     rr = [
         [r["ratio"], fmt(r["value"], 2), f">= {r['target']}", "PASS" if r["pass"] else "MISS"]
         for r in fig["ratios"]
@@ -419,8 +394,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     progress("stages in isolation (one thread)")
     fig["stages"] = isolated_stages(base_cfg, frames_cap)
-    new_w, new_h = fig["stages"]["letterbox_size"]
-    fig["letterbox_variants_ms"] = letterbox_variants(video, frames_cap, new_w, new_h)
 
     progress("inference only: default session, then one 1-thread session per core")
     tensors = baselines.sample_tensors(video, model, 32)

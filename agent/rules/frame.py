@@ -103,11 +103,16 @@ class TrackFilter:
         self.class_ids = np.array(
             sorted(i for i, name in enumerate(labels) if name in set(classes)), dtype=np.int64
         )
+        self._wanted = np.zeros(len(labels) + 1, dtype=np.bool_)
+        """Lookup by class id (cheaper than np.isin per frame); the last slot, False, is
+        where ids outside the labels land."""
+        self._wanted[self.class_ids] = True
         self.min_score = min_score
 
     def eligible(self, frame: TrackFrame) -> BoolArray:
         """Tracks this rule looks at: observed this frame, wanted class, score high enough."""
         mask = frame.observed & (frame.scores >= self.min_score)
         if not self.all_classes:
-            mask &= np.isin(frame.class_ids, self.class_ids)
+            ids, outside = frame.class_ids, self._wanted.size - 1
+            mask &= self._wanted[np.where((ids >= 0) & (ids < outside), ids, outside)]
         return np.asarray(mask, dtype=np.bool_)

@@ -47,7 +47,8 @@ def points_in_polygon(points: npt.ArrayLike, polygon: npt.ArrayLike) -> BoolArra
     poly = as_points(polygon)
     x, y = p[:, 0:1], p[:, 1:2]  # (N, 1): broadcast against the M edges
     x1, y1 = poly[:, 0], poly[:, 1]
-    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    nxt = np.r_[1 : poly.shape[0], 0]  # each vertex's successor, closing the ring
+    x2, y2 = x1[nxt], y1[nxt]
     straddles = (y1 > y) != (y2 > y)  # (N, M); never true for horizontal edges
     dy = np.where(y2 == y1, 1.0, y2 - y1)
     x_cross = x1 + (y - y1) * (x2 - x1) / dy

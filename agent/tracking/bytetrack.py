@@ -108,9 +108,14 @@ def associate(
     rows, cols = linear_sum_assignment(cost)
     ok = valid[rows, cols]
     matches = np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
-    unmatched_t = np.setdiff1d(np.arange(n), matches[:, 0])
-    unmatched_d = np.setdiff1d(np.arange(m), matches[:, 1])
-    return matches, unmatched_t, unmatched_d
+    return matches, _unmatched(n, matches[:, 0]), _unmatched(m, matches[:, 1])
+
+
+def _unmatched(n: int, matched: IntArray) -> IntArray:
+    """Ascending indices in range(n) not in `matched` (a mask: cheaper than setdiff1d)."""
+    free = np.ones(n, dtype=np.bool_)
+    free[matched] = False
+    return np.flatnonzero(free)
 
 
 class ByteTracker:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.inference import nms as nms_module
 from agent.inference.nms import iou_matrix, nms
 
 
@@ -67,3 +68,23 @@ def test_empty_and_mismatched_inputs() -> None:
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
     with pytest.raises(ValueError, match="2 boxes but 1 scores"):
         nms([[0, 0, 1, 1], [0, 0, 1, 1]], [0.5], 0.5)
+
+
+@pytest.mark.parametrize("n", [1, 7, 80, 300])
+@pytest.mark.parametrize("classes", [False, True])
+def test_matrix_and_per_box_paths_keep_the_same_boxes(
+    n: int, classes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small inputs use one IoU matrix, large ones one pass per kept box: same answer."""
+    rng = np.random.default_rng(n)
+    centres = rng.uniform(0, 400, (n // 4 + 1, 2)).repeat(4, axis=0)[:n]
+    sizes = rng.uniform(8, 60, (n, 2))
+    boxes = np.concatenate([centres, centres + sizes], axis=1) + rng.normal(0, 4, (n, 4))
+    scores = rng.uniform(0.3, 1.0, n)
+    class_ids = rng.integers(0, 3, n) if classes else None
+    results = []
+    for limit in (10_000, 0):
+        monkeypatch.setattr(nms_module, "_MATRIX_MAX", limit)
+        results.append(nms(boxes, scores, 0.45, class_ids, max_detections=50))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert 0 < len(results[0]) <= 50

@@ -213,6 +213,15 @@ def test_class_filter_and_min_score() -> None:
     assert scene.phases() == [(START, 3, 1)]
 
 
+def test_class_filter_ignores_class_ids_outside_the_labels() -> None:
+    """A backend reporting an id the model has no label for (nms family) is never wanted."""
+    scene = Scene(classes=["person", "dog"])
+    scene.run(10, obj(1, 0.5, 0.5, cls=len(LABELS)), obj(2, 0.5, 0.5, cls=-1))
+    assert scene.events == []
+    scene.run(1, obj(3, 0.5, 0.5, cls=3))
+    assert scene.phases() == [(START, 3, 1)]
+
+
 def test_empty_class_list_means_every_class() -> None:
     scene = Scene(classes=[])
     scene.run(1, obj(1, 0.5, 0.5, cls=2))
