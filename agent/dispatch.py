@@ -22,7 +22,8 @@ def build_sinks(cfg: AgentConfig) -> list[EventSink]:
     if cfg.outputs.console.enabled:
         sinks.append(ConsoleSink())
     if cfg.outputs.jsonl is not None:
-        sinks.append(JsonlSink(cfg.outputs.jsonl.path, fsync=cfg.outputs.jsonl.fsync))
+        jl = cfg.outputs.jsonl
+        sinks.append(JsonlSink(jl.path, jl.fsync, max_bytes=jl.max_bytes, backups=jl.backups))
     return sinks
 
 

@@ -50,6 +50,18 @@ class ConsoleOutputConfig(StrictModel):
 class JsonlOutputConfig(StrictModel):
     path: Path = Field(description="Append one JSON object per event to this file.")
     fsync: bool = Field(default=False, description="fsync after each event (slower, durable).")
+    max_bytes: int = Field(
+        default=64 << 20,
+        ge=1 << 16,
+        le=1 << 40,
+        description="Rotate the file when it grows past this size (FILE -> FILE.1 -> ...).",
+    )
+    backups: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Rotated files kept (FILE.1 newest); 0 truncates instead of keeping any.",
+    )
 
 
 class SnapshotOutputConfig(StrictModel):
