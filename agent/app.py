@@ -400,7 +400,8 @@ class Agent:
             camera.stop(timeout_s=max(0.1, deadline - time.monotonic()))
         self.hub.close()
         for worker in self.workers:
-            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+            if worker.is_alive():  # never started: a failed start, or closed unstarted
+                worker.join(timeout=max(0.1, deadline - time.monotonic()))
         for lane in self.lanes.values():
             lane.close()
         self.system_events.close_all("shutdown")

@@ -144,6 +144,13 @@ class ResourceConfig(StrictModel):
     poll_interval_s: float = Field(
         default=5.0, gt=0, le=600, description="How often the guard reads the sensors."
     )
+    malloc_trim_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How often freed native heap is handed back to the kernel (glibc "
+        "malloc_trim; keeps RSS from creeping on long runs); 0 turns it off.",
+    )
     thermal_reduce_c: float = Field(
         default=80.0,
         ge=30,

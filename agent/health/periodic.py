@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.control.overload import FairRateController, OverloadDecision, samples_from
+from agent.health.heap_trim import HeapTrimmer
 from agent.health.resources import ResourceGuard, ResourceState
 from agent.health.supervisor import PeriodicJob
 from agent.health.system_events import SystemEvents
@@ -51,6 +52,7 @@ class PeriodicWork:
         self.resource_state: ResourceState | None = None
         self.rates = FairRateController(cfg.overload)
         self.overload: OverloadDecision | None = None
+        self.heap = HeapTrimmer()
 
     def jobs(self) -> list[PeriodicJob]:
         jobs = [PeriodicJob("drift", 1.0, self.check_drift)]
@@ -58,14 +60,23 @@ class PeriodicWork:
             jobs.append(PeriodicJob("overload", self._cfg.overload.interval_s, self.control_rates))
         if self._cfg.resources.enabled:
             jobs.append(PeriodicJob("resources", self._cfg.resources.poll_interval_s, self.guard))
+        trim_s = self._cfg.resources.malloc_trim_interval_s
+        if trim_s > 0 and self.heap.available:
+            jobs.append(PeriodicJob("heap-trim", trim_s, self.trim_heap))
         return jobs
 
     def health(self) -> dict[str, Any]:
         state, overload = self.resource_state, self.overload
+        system = None if state is None else state.to_health()
+        if system is not None and self.heap.runs:
+            system["heap_trimmed_mib"] = round(self.heap.released_bytes / 2**20, 1)
         return {
-            "system": None if state is None else state.to_health(),
+            "system": system,
             "overload": None if overload is None else overload.to_health(),
         }
+
+    def trim_heap(self) -> None:
+        self.heap.trim()
 
     def check_drift(self) -> None:
         for cid, lane in self._lanes.items():
