@@ -2,7 +2,8 @@
 
 Subcommands work on the controller's own database and broker, named by
 `-c fleet.yaml`: serve, keys generate, token create, devices list, events list,
-artifact publish / list, desired set. Output is plain aligned tables.
+artifact publish / list, desired set, mqtt (broker credentials: fleet/mqtt_auth_cli.py).
+Output is plain aligned tables.
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     from fleet.rollout_cli import add_rollout_commands  # noqa: PLC0415 - it imports this module
 
     add_rollout_commands(sub)
+    from fleet.mqtt_auth_cli import add_mqtt_commands  # noqa: PLC0415 - it imports this module
+
+    add_mqtt_commands(sub)
     return p
 
 

@@ -113,3 +113,22 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MqttCredential(Base):
+    """A broker login (see fleet/mqtt_auth.py): only Mosquitto's password hash is stored.
+
+    Not tied to `devices`: a device's credential is issued at flashing time, before the
+    device has ever connected."""
+
+    __tablename__ = "mqtt_credentials"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The MQTT user name: the device id for role `device`."""
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    """`$7$<iterations>$<salt>$<hash>`, a line of Mosquitto's password_file."""
+    created_at: Mapped[float] = mapped_column(Float)
+    rotated_at: Mapped[float | None] = mapped_column(Float, default=None)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[float | None] = mapped_column(Float, default=None)
