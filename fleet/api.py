@@ -25,6 +25,14 @@ from fleet.auth import check_token
 from fleet.config import FleetConfig
 from fleet.db import Database
 from fleet.desired import DesiredError, DesiredSink, set_desired
+from fleet.health_history import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    HealthPoint,
+    HistoryQueryError,
+    check_window,
+    query_points,
+)
 from fleet.models import Artifact, Device, Event, Reported
 from fleet.mqtt_client import FleetMqttError
 from fleet.schemas import ArtifactOut, DesiredIn, DeviceDetailOut, DeviceOut, EventOut, artifact_out
@@ -97,6 +105,27 @@ def get_device(device_id: str, st: StateDep) -> DeviceDetailOut:
         if dev is None:
             raise HTTPException(status_code=404, detail=f"unknown device {device_id!r}")
         return DeviceDetailOut.detail(dev, s.get(Reported, dev.id))
+
+
+@api.get("/devices/{device_id}/health", response_model=list[HealthPoint])
+def device_health(
+    device_id: str,
+    st: StateDep,
+    *,
+    since: Annotated[float | None, Query(description="Unix time, inclusive.")] = None,
+    until: Annotated[float | None, Query(description="Unix time, exclusive.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> list[HealthPoint]:
+    """Health history, oldest first: the newest `limit` rows in [since, until)."""
+    try:
+        check_window(since, until, limit)
+    except HistoryQueryError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    with st.db.session() as s:
+        dev = s.get(Device, _device_id(device_id))
+        if dev is None:
+            raise HTTPException(status_code=404, detail=f"unknown device {device_id!r}")
+        return query_points(s, dev.id, since, until, limit)
 
 
 @api.put("/devices/{device_id}/desired")

@@ -35,7 +35,7 @@ def create_app(cfg: FleetConfig, db: Database | None = None) -> FastAPI:
         cfg.snapshots_dir.mkdir(parents=True, exist_ok=True)
         mqtt_conn = None
         if cfg.mqtt is not None:
-            mqtt_conn = FleetMqtt(cfg.mqtt, database, cfg.snapshots_dir)
+            mqtt_conn = FleetMqtt(cfg.mqtt, database, cfg.snapshots_dir, history=cfg.health_history)
             mqtt_conn.start()
         app.state.fleet = FleetState(
             cfg=cfg,

@@ -86,6 +86,28 @@ class RolloutsConfig(_Strict):
     )
 
 
+class HealthHistoryConfig(_Strict):
+    hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 90,
+        description="Hours of health history kept per device; older rows are pruned.",
+    )
+    interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="At most one history row per device per this many seconds (reports in "
+        "between update only the last health); 0 stores every report.",
+    )
+    prune_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="How often the ingest worker deletes history older than `hours`.",
+    )
+
+
 class FleetConfig(_Strict):
     schema_version: Literal[1] = Field(default=1, description="Config schema version.")
     database_url: str = Field(
@@ -104,6 +126,10 @@ class FleetConfig(_Strict):
     )
     rollouts: RolloutsConfig = Field(
         default_factory=RolloutsConfig, description="Rollout engine settings."
+    )
+    health_history: HealthHistoryConfig = Field(
+        default_factory=HealthHistoryConfig,
+        description="Per-device health time series (device page charts, /api/devices/{id}/health).",
     )
     max_artifact_bytes: int = Field(
         default=4 * 1024**3, ge=1024, description="Largest artifact accepted for publishing."

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from fleet.dashboard_history import history_section
 from fleet.dashboard_html import (
     Safe,
     ago,
@@ -172,6 +173,7 @@ def device_page(s: Session, dev: Device) -> Safe:
         Safe(f"<h1>{h(dev.id)} {badge(cond, CONDITION_KIND[cond])}</h1>"),
         section("Device", facts),
         _health_section(dev.last_health),
+        history_section(s, dev.id),
         _update_section(dev.desired, rep),
         section("Recent events", events_table(events, with_device=False),
                 Safe(f" <small>{more}</small>")),
@@ -210,7 +212,7 @@ def _health_section(health: dict[str, Any] | None) -> Safe:
         *((f"system: {k}", v) for k, v in sorted(system.items()) if not isinstance(v, dict | list)),
     ])  # fmt: skip
     raw = Safe(f"<details><summary>last health payload</summary>{pre_json(health)}</details>")
-    note = Safe('<p class="note">Charts show the latest report (no health history is stored).</p>')
+    note = Safe('<p class="note">Bars show the latest report; see "Health over time" below.</p>')
     return section("Health", join([facts, Safe('<div class="charts">'), charts, Safe("</div>"),
                                    note, cam_table, raw]))  # fmt: skip
 

@@ -51,8 +51,9 @@ from agent.protocol import (
     parse_payload,
 )
 from fleet import store
-from fleet.config import FleetMqttConfig
+from fleet.config import FleetMqttConfig, HealthHistoryConfig
 from fleet.db import Database
+from fleet.health_history import HealthHistory
 from fleet.mqtt_client import (
     FleetMqttError,
     desired_message,
@@ -124,6 +125,8 @@ class _Tally:
     stored: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     reported: dict[str, str | None] = field(default_factory=dict)
+    history: dict[str, float] = field(default_factory=dict)
+    """Devices whose health history row this batch stored, and when (controller time)."""
 
 
 @dataclass
@@ -148,6 +151,7 @@ class FleetMqtt:
         *,
         batch_size: int = 200,
         batch_window_s: float = 0.05,
+        history: HealthHistoryConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self.db = db
@@ -161,6 +165,7 @@ class FleetMqtt:
         self.dropped = 0
         self.batches = 0
         self.batch_size, self.batch_window_s = batch_size, batch_window_s
+        self.history = HealthHistory(history or HealthHistoryConfig())
         self._listeners: list[ReportedListener] = []
         self._reject_log = _RateLimitedLog()
         self._queue: queue.Queue[_Msg | None] = queue.Queue(maxsize=queue_size)
@@ -343,6 +348,7 @@ class FleetMqtt:
                 self._commit_batch([item])
             return
         self.batches += 1
+        self.history.committed(tally.history)
         self.stored.update(tally.stored)
         self.duplicates += tally.duplicates
         for item in items:
@@ -350,6 +356,7 @@ class FleetMqtt:
                 self._client.ack(item.mid, item.qos)
         if tally.reported:
             self._notify(tally.reported)
+        self.history.maybe_prune(self.db, self.clock())
 
     def _notify(self, reported: dict[str, str | None]) -> None:
         for listener in list(self._listeners):
@@ -402,6 +409,8 @@ class FleetMqtt:
             store.apply_status(s, payload, now)
         elif isinstance(payload, HealthPayload):
             store.record_health(s, payload, now)
+            if self.history.record(s, payload, now, tally.history):
+                tally.stored["history"] += 1
         elif isinstance(payload, EventPayload):
             if not store.record_event(s, payload, now, self.snapshots_dir):
                 tally.duplicates += 1

@@ -84,6 +84,35 @@ class Reported(Base):
     received_at: Mapped[float] = mapped_column(Float)
 
 
+class HealthSample(Base):
+    """One compact health row per device per `health_history.interval_s`
+    (fleet/health_history.py): device-level numbers as columns, per camera one JSON map."""
+
+    __tablename__ = "health_samples"
+    __table_args__ = (
+        Index("ix_health_samples_device_time", "device_id", "time"),
+        Index("ix_health_samples_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    time: Mapped[float] = mapped_column(Float)
+    """The report's own `timestamp` (what charts and the API filter by)."""
+    received_at: Mapped[float] = mapped_column(Float)
+    """Controller time of storage (what retention prunes by)."""
+    seq: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    """The agent's start: cumulative camera counters restart when it changes."""
+    degraded: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    backend: Mapped[str | None] = mapped_column(String(64), default=None)
+    outbox_depth: Mapped[int | None] = mapped_column(Integer, default=None)
+    cpu_percent: Mapped[float | None] = mapped_column(Float, default=None)
+    hottest_c: Mapped[float | None] = mapped_column(Float, default=None)
+    mem_available_fraction: Mapped[float | None] = mapped_column(Float, default=None)
+    cameras: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """{camera id: {short key: number}}; keys in fleet/health_history.py CAMERA_KEYS."""
+
+
 class Artifact(Base):
     """A published model or config: content-addressed blob plus its signed manifest."""
 
