@@ -14,33 +14,26 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeAlias
 
 from sqlalchemy import select
 
 from fleet.artifacts import ArtifactError, manifest_url, publish_artifact
 from fleet.auth import create_token
+from fleet.cli_common import Subparsers, format_table, open_db, out
 from fleet.config import FleetConfig, FleetConfigError, load_fleet_config
 from fleet.db import open_database
 from fleet.desired import DesiredError, set_desired
 from fleet.models import Artifact, Device, Event
+from fleet.mqtt_auth_cli import add_mqtt_commands
 from fleet.mqtt_client import FleetMqttError, OneShotSink
+from fleet.rollout_cli import add_rollout_commands
 from fleet.schemas import ArtifactPick, DesiredIn
 from fleet.signing import SigningError, generate_keypair, key_id, load_private_key
 from fleet.simulator import add_simulate_command
 
+__all__ = ["format_table", "main"]  # format_table: re-exported from fleet/cli_common.py
+
 log = logging.getLogger(__name__)
-
-Row = Sequence[object]
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Row]) -> str:
-    """Left-aligned columns separated by two spaces, a dashed rule under the header."""
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _ago(t: float | None) -> str:
@@ -50,10 +43,6 @@ def _ago(t: float | None) -> str:
     return (
         f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
     )
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
 
 
 def _cfg(args: argparse.Namespace) -> FleetConfig:
@@ -72,20 +61,20 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     private = Path(args.private)
     public = Path(args.public) if args.public else private.with_suffix(".pub")
     pub = generate_keypair(private, public)
-    _out(f"private key: {private} (mode 0600)\npublic key:  {public}\nkey id:      {key_id(pub)}")
+    out(f"private key: {private} (mode 0600)\npublic key:  {public}\nkey id:      {key_id(pub)}")
     return 0
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    token = create_token(open_database(cfg.database_url), args.name)
-    _out(token)
+    _, db = open_db(args)
+    token = create_token(db, args.name)
+    out(token)
     sys.stderr.write("store this token now: only its hash is kept\n")
     return 0
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
-    db = open_database(_cfg(args).database_url)
+    _, db = open_db(args)
     with db.session() as s:
         rows = [
             (d.id, "online" if d.online else f"offline ({d.offline_reason or '-'})", d.session,
@@ -93,12 +82,12 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
              ",".join(d.tags))
             for d in s.scalars(select(Device).order_by(Device.id))
         ]  # fmt: skip
-    _out(format_table(("DEVICE", "STATE", "SESSION", "LAST SEEN", "MODEL", "AGENT", "TAGS"), rows))
+    out(format_table(("DEVICE", "STATE", "SESSION", "LAST SEEN", "MODEL", "AGENT", "TAGS"), rows))
     return 0
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
-    db = open_database(_cfg(args).database_url)
+    _, db = open_db(args)
     q = select(Event).order_by(Event.wall_time.desc()).limit(args.limit)
     if args.device:
         q = q.where(Event.device_id == args.device)
@@ -114,7 +103,7 @@ def cmd_events_list(args: argparse.Namespace) -> int:
             for e in s.scalars(q)
         ]  # fmt: skip
     headers = ("TIME", "DEVICE", "CAMERA", "RULE", "PHASE", "LABEL", "SCORE", "SNAP", "EVENT ID")
-    _out(format_table(headers, rows))
+    out(format_table(headers, rows))
     return 0
 
 
@@ -129,21 +118,20 @@ def cmd_artifact_publish(args: argparse.Namespace) -> int:
         version=args.version, max_bytes=cfg.max_artifact_bytes,
     )  # fmt: skip
     rows = [(pub.kind, pub.name, pub.version, pub.sequence, pub.size, pub.sha256)]
-    _out(format_table(("KIND", "NAME", "VERSION", "SEQ", "SIZE", "SHA256"), rows))
-    _out(f"manifest: {pub.manifest_url}")
+    out(format_table(("KIND", "NAME", "VERSION", "SEQ", "SIZE", "SHA256"), rows))
+    out(f"manifest: {pub.manifest_url}")
     return 0
 
 
 def cmd_artifact_list(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    db = open_database(cfg.database_url)
+    cfg, db = open_db(args)
     with db.session() as s:
         rows = [
             (a.kind, a.name, a.version, a.sequence, a.size, a.sha256[:16],
              manifest_url(cfg.http.public_url, a.sha256))
             for a in s.scalars(select(Artifact).order_by(Artifact.sequence))
         ]  # fmt: skip
-    _out(format_table(("KIND", "NAME", "VERSION", "SEQ", "SIZE", "SHA256", "MANIFEST"), rows))
+    out(format_table(("KIND", "NAME", "VERSION", "SEQ", "SIZE", "SHA256", "MANIFEST"), rows))
     return 0
 
 
@@ -164,14 +152,11 @@ def cmd_desired_set(args: argparse.Namespace) -> int:
     db = open_database(cfg.database_url)
     with OneShotSink(cfg.mqtt) as sink:
         desired = set_desired(db, sink, args.device, body, cfg.http.public_url)
-    _out(desired.to_json().decode())
+    out(desired.to_json().decode())
     return 0
 
 
 # --------------------------------------------------------------------------- parser
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
 def _group(sub: Subparsers, name: str, help_: str) -> Subparsers:
     group: Subparsers = sub.add_parser(name, help=help_).add_subparsers(dest="sub", required=True)
     return group
@@ -220,11 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--model", default=None, help="NAME@VERSION of a published model")
     ds.add_argument("--config-artifact", default=None, help="NAME@VERSION of a published config")
     add_simulate_command(sub)
-    from fleet.rollout_cli import add_rollout_commands  # noqa: PLC0415 - it imports this module
-
     add_rollout_commands(sub)
-    from fleet.mqtt_auth_cli import add_mqtt_commands  # noqa: PLC0415 - it imports this module
-
     add_mqtt_commands(sub)
     return p
 

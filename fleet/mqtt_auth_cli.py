@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeAlias
 
-from fleet.cli import format_table
-from fleet.config import FleetConfig, FleetConfigError, load_fleet_config
-from fleet.db import Database, open_database
+from fleet.cli_common import Subparsers, format_table, open_db, out, when
+from fleet.config import FleetConfigError
 from fleet.mqtt_auth import (
     AclOptions,
     Deliver,
@@ -35,21 +32,7 @@ from fleet.mqtt_auth import (
 )
 from fleet.mqtt_files import MqttFileError, reload_mosquitto, write_secret
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[argparse.Namespace], int]
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _open(args: argparse.Namespace) -> tuple[FleetConfig, Database]:
-    cfg = load_fleet_config(args.config)
-    return cfg, open_database(cfg.database_url)
 
 
 def _adopted(args: argparse.Namespace) -> str | None:
@@ -70,10 +53,10 @@ def _adopted(args: argparse.Namespace) -> str | None:
 def _deliver(args: argparse.Namespace, replace: bool) -> Deliver | None:
     if args.out is None:
         return None
-    out = Path(args.out)
+    path = Path(args.out)
 
     def write(issued: Issued) -> None:
-        write_secret(out, issued.password + "\n", replace=replace)
+        write_secret(path, issued.password + "\n", replace=replace)
 
     return write
 
@@ -82,18 +65,18 @@ def _report(args: argparse.Namespace, issued: Issued) -> None:
     verb = "rotated" if issued.rotated else "issued"
     what = f"{verb} {issued.role.value} credential {issued.username}"
     if args.out is not None:
-        _out(f"{what}; password written to {args.out} (mode 0600)")
+        out(f"{what}; password written to {args.out} (mode 0600)")
     elif args.password_file is not None:
-        _out(f"{what}; password taken from {args.password_file}")
+        out(f"{what}; password taken from {args.password_file}")
     else:
-        _out(issued.password)
+        out(issued.password)
         sys.stderr.write(f"{what}: store this password now, only its hash is kept\n")
     sys.stderr.write("run `edge-fleet mqtt export` to give the broker the change\n")
 
 
 # --------------------------------------------------------------------------- commands
 def cmd_issue(args: argparse.Namespace) -> int:
-    _, db = _open(args)
+    _, db = open_db(args)
     issued = issue_credential(
         db, args.user, parse_role(args.role), rotate=args.rotate,
         password=_adopted(args), deliver=_deliver(args, replace=args.rotate),
@@ -103,47 +86,47 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    _, db = _open(args)
+    _, db = open_db(args)
     deliver = _deliver(args, replace=True)
     _report(args, rotate_credential(db, args.user, password=_adopted(args), deliver=deliver))
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    _, db = _open(args)
+    _, db = open_db(args)
     if revoke_credential(db, args.user):
-        _out(f"revoked {args.user}; run `edge-fleet mqtt export` and reload the broker")
+        out(f"revoked {args.user}; run `edge-fleet mqtt export` and reload the broker")
     else:
-        _out(f"{args.user} was already revoked")
+        out(f"{args.user} was already revoked")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _, db = _open(args)
+    _, db = open_db(args)
     rows = [
-        (c.username, c.role.value, "revoked" if c.revoked else "active", _when(c.created_at),
-         _when(c.rotated_at), _when(c.revoked_at),
-         ("never" if c.last_seen is None else _when(c.last_seen))
+        (c.username, c.role.value, "revoked" if c.revoked else "active", when(c.created_at),
+         when(c.rotated_at), when(c.revoked_at),
+         ("never" if c.last_seen is None else when(c.last_seen))
          if c.role is MqttRole.DEVICE else "")
         for c in list_credentials(db)
     ]  # fmt: skip
     headers = ("USER", "ROLE", "STATE", "CREATED", "ROTATED", "REVOKED", "DEVICE LAST SEEN")
-    _out(format_table(headers, rows))
+    out(format_table(headers, rows))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    cfg, db = _open(args)
+    cfg, db = open_db(args)
     prefix = args.prefix or (cfg.mqtt.prefix if cfg.mqtt is not None else "edge")
     opts = AclOptions(prefix=prefix, discovery_prefix=args.discovery_prefix)
     mode = 0o600 if args.private else 0o640
     result = export_files(db, Path(args.passwd), Path(args.acl), opts, mode=mode, group=args.group)
     state = "changed" if result.changed else "unchanged"
-    _out(f"wrote {args.passwd} and {args.acl} (mode {mode:04o}): {result.users} users, "
+    out(f"wrote {args.passwd} and {args.acl} (mode {mode:04o}): {result.users} users, "
          f"{result.devices} devices, {state}")  # fmt: skip
     if args.reload_pid is not None:
         reload_mosquitto(args.reload_pid)
-        _out(f"sent SIGHUP to mosquitto (pid {args.reload_pid})")
+        out(f"sent SIGHUP to mosquitto (pid {args.reload_pid})")
     return 0
 
 

@@ -11,16 +11,15 @@ import argparse
 import getpass
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from fleet.cli import format_table
-from fleet.config import FleetConfig, load_fleet_config
-from fleet.db import Database, open_database
+from fleet.cli_common import Subparsers, format_table, open_db, out, when
+from fleet.config import FleetConfig
+from fleet.db import Database
 from fleet.rollout_api import list_rollouts, rollout_detail, rollout_devices, rollout_history
 from fleet.rollout_commands import (
     RolloutError,
@@ -32,20 +31,9 @@ from fleet.rollout_commands import (
 from fleet.rollout_models import ensure_tables
 from fleet.rollout_spec import RolloutSpec
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
 
 def _open(args: argparse.Namespace) -> tuple[FleetConfig, Database]:
-    cfg = load_fleet_config(args.config)
-    db = open_database(cfg.database_url)
+    cfg, db = open_db(args)
     ensure_tables(db)
     return cfg, db
 
@@ -84,32 +72,32 @@ def spec_from_args(args: argparse.Namespace) -> RolloutSpec:
 
 def _show(db: Database, rollout_id: int, history: int, devices: bool) -> None:
     d = rollout_detail(db, rollout_id)
-    _out(f"rollout {d.id} {d.name!r}: {d.state}" + (f" ({d.reason})" if d.reason else ""))
-    _out(f"updated (committed) {d.updated}/{d.total_devices}, failed {d.failed}, "
-         f"started {_when(d.created_at)} by {d.created_by}")  # fmt: skip
+    out(f"rollout {d.id} {d.name!r}: {d.state}" + (f" ({d.reason})" if d.reason else ""))
+    out(f"updated (committed) {d.updated}/{d.total_devices}, failed {d.failed}, "
+         f"started {when(d.created_at)} by {d.created_by}")  # fmt: skip
     rows = [
         (w.index, w.label, w.size, w.state, w.devices.get("committed", 0),
          sum(n for s, n in w.devices.items() if s in ("failed", "rolled_back", "timed_out")),
-         _when(w.started_at), _when(w.probation_until),
+         when(w.started_at), when(w.probation_until),
          (w.gate or {}).get("verdict", "-"))
         for w in d.waves
     ]  # fmt: skip
     headers = ("WAVE", "SIZE", "DEVICES", "STATE", "COMMITTED", "FAILED", "STARTED",
                "PROBATION UNTIL", "GATE")  # fmt: skip
-    _out(format_table(headers, rows))
+    out(format_table(headers, rows))
     if devices:
         dev_rows = [(x.device_id, "-" if x.wave is None else x.wave, x.state,
-                     _when(x.state_since), "yes" if x.reverted else "", x.error or "")
+                     when(x.state_since), "yes" if x.reverted else "", x.error or "")
                     for x in rollout_devices(db, rollout_id)]  # fmt: skip
-        _out("")
-        _out(format_table(("DEVICE", "WAVE", "STATE", "SINCE", "REVERTED", "ERROR"), dev_rows))
+        out("")
+        out(format_table(("DEVICE", "WAVE", "STATE", "SINCE", "REVERTED", "ERROR"), dev_rows))
     if history:
         entries = rollout_history(db, rollout_id)[-history:]
-        hist = [(_when(h.at), h.kind, "-" if h.wave is None else h.wave, h.device_id or "",
+        hist = [(when(h.at), h.kind, "-" if h.wave is None else h.wave, h.device_id or "",
                  h.actor, json.dumps(h.detail, sort_keys=True)[:100])
                 for h in entries]  # fmt: skip
-        _out("")
-        _out(format_table(("TIME", "KIND", "WAVE", "DEVICE", "ACTOR", "DETAIL"), hist))
+        out("")
+        out(format_table(("TIME", "KIND", "WAVE", "DEVICE", "ACTOR", "DETAIL"), hist))
 
 
 # --------------------------------------------------------------------------- commands
@@ -126,27 +114,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    _out(f"rollout {args.id}: {pause_rollout(_open(args)[1], args.id, _actor())}")
+    out(f"rollout {args.id}: {pause_rollout(_open(args)[1], args.id, _actor())}")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    _out(f"rollout {args.id}: {resume_rollout(_open(args)[1], args.id, _actor())}")
+    out(f"rollout {args.id}: {resume_rollout(_open(args)[1], args.id, _actor())}")
     return 0
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
     state = abort_rollout(_open(args)[1], args.id, _actor(), rollback=args.rollback)
-    _out(f"rollout {args.id}: {state}" + (" (rollback queued)" if args.rollback else ""))
+    out(f"rollout {args.id}: {state}" + (" (rollback queued)" if args.rollback else ""))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [(r.id, r.name, r.state, r.reason or "", r.current_wave + 1, f"{r.updated}/"
-             f"{r.total_devices}", r.failed, _when(r.created_at), r.created_by)
+             f"{r.total_devices}", r.failed, when(r.created_at), r.created_by)
             for r in list_rollouts(_open(args)[1])]  # fmt: skip
     headers = ("ID", "NAME", "STATE", "REASON", "WAVE", "UPDATED", "FAILED", "CREATED", "BY")
-    _out(format_table(headers, rows))
+    out(format_table(headers, rows))
     return 0
 
 
