@@ -4,7 +4,9 @@ Starts `python -m agent run` in a subprocess on N copies of the sample video, ea
 10 fps and looped (a live camera), every output on (JSONL and snapshots in a temp dir; console
 off), and samples the child's RSS, open file descriptors, thread count and CPU from
 `/proc/<pid>` every `--interval` seconds. At the end it sends SIGTERM, checks the exit code,
-reads the agent's `--summary-json`, and fits a linear trend to each metric after a warm-up.
+reads the agent's `--summary-json`, and fits a linear trend to each metric after a warm-up:
+by default the time the agent's bounded state takes to fill (drift baseline and recent
+window, snapshot budget; see `warmup_plan`), at least 20 % of the run.
 
 Verdict (PASS/FAIL), stated in the output: after the warm-up, open fds and threads are flat
 (the fitted change across the window is under `--count-tolerance`), and RSS grows by less than
@@ -12,7 +14,7 @@ Verdict (PASS/FAIL), stated in the output: after the warm-up, open fds and threa
 reported, not judged; `--snapshot-max-mib` sets the agent's snapshot budget low enough that
 the run reaches it, so the soak also exercises the eviction of old snapshots.
 
-    .venv/bin/python bench/soak.py --minutes 30 --json bench/out/soak.json --plot docs/soak.png
+    .venv/bin/python bench/soak.py --minutes 60 --json bench/out/soak.json --plot docs/soak.png
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import numpy as np
 import yaml
 
+from agent.config.root import load_config
 from bench.common import DEMO_CONFIG, MODEL_DIR, REPO, cores, find_video, now_utc, progress, table
 
 SHARED_ONNX = REPO.parent / "shared" / "assets" / "yolox_nano.onnx"
@@ -360,10 +363,43 @@ def report(result: dict[str, Any], samples: list[Sample], trends: list[Trend]) -
     return text
 
 
+def warmup_plan(args: argparse.Namespace, samples: list[Sample], config: Path) -> tuple[float, str]:
+    """The warm-up to leave out of the trends, and why.
+
+    `--warmup F` takes the first fraction F of the run. By default (auto) it is the time
+    the agent's bounded state needs to fill, and at least 20 % of the run: the drift
+    monitor's baseline plus its recent window (`drift.baseline_samples +
+    window_samples` samples at `sample_every_s`), and the moment the snapshot folder
+    first reaches its budget (from then on the store deletes one old file per new one).
+    Memory allocated while these fill is working set, not a leak.
+    """
+    run_s = args.minutes * 60
+    if args.warmup is not None:
+        return args.warmup * run_s, f"the first {args.warmup:.0%} of the run"
+    drift = load_config(config).drift
+    drift_s = (drift.baseline_samples + drift.window_samples) * drift.sample_every_s
+    full = [s.t_s for s in samples if s.snapshot_mib >= 0.99 * args.snapshot_max_mib]
+    budget_s = full[0] if full else 0.0
+    warm = min(0.8 * run_s, max(0.2 * run_s, drift_s if drift.enabled else 0.0, budget_s))
+    budget = f"reached at {budget_s / 60:.1f} min" if full else "not reached"
+    why = (
+        f"the first {warm / 60:.1f} min (auto: the longest of 20 % of the run, the drift "
+        f"baseline + recent window {drift_s / 60:.1f} min, the snapshot budget {budget}; "
+        "at most 80 % of the run)"
+    )
+    return warm, why
+
+
 def analyse(
-    args: argparse.Namespace, samples: list[Sample], rc: int, stop_s: float, workdir: Path
+    args: argparse.Namespace,
+    samples: list[Sample],
+    rc: int,
+    stop_s: float,
+    workdir: Path,
+    *,
+    config: Path,
 ) -> Any:
-    warmup_s = args.warmup * args.minutes * 60
+    warmup_s, warmup_why = warmup_plan(args, samples, config)
     trends = [
         fit_trend(m, samples, warmup_s, args.rss_growth_pct, args.count_tolerance)
         for m in (*METRICS, *INFO_METRICS)
@@ -386,7 +422,7 @@ def analyse(
         "exit_code": rc,
         "sigterm_to_exit_s": stop_s,
         "criterion": (
-            f"after the first {args.warmup:.0%} of the run: open fds and threads change by "
+            f"after {warmup_why}: open fds and threads change by "
             f"less than {args.count_tolerance:g} along the fitted line, RSS slope below "
             f"{args.rss_growth_pct:g} % of its mean per hour; agent exits 0 on SIGTERM"
         ),
@@ -421,7 +457,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--cameras", type=int, default=4, help="paced 10 fps cameras (default 4)")
     p.add_argument("--workers", type=int, default=2, help="inference sessions (default 2)")
-    p.add_argument("--warmup", type=float, default=0.2, help="warm-up fraction (default 0.2)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="warm-up fraction (default: auto, the agent's fill time, at least 0.2)",
+    )
     p.add_argument("--rss-growth-pct", type=float, default=5.0, help="RSS %%/h limit")
     p.add_argument("--count-tolerance", type=float, default=2.0, help="fds/threads limit")
     p.add_argument(
@@ -444,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     agent_argv += ["json", "--summary-json", str(workdir / "summary.json")]
     progress(f"soak: {args.cameras} cameras for {args.minutes:g} min in {workdir}")
     samples, rc, stop_s = run_soak(agent_argv, workdir, args.minutes * 60, args.interval)
-    result, trends = analyse(args, samples, rc, stop_s, workdir)
+    result, trends = analyse(args, samples, rc, stop_s, workdir, config=config)
     print(report(result, samples, trends))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
