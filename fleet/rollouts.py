@@ -7,18 +7,20 @@ their own clock):
 
 1. per active rollout, in one transaction: launch the first wave; mirror each
    launched device's retained `reported` update position (only reports about this
-   rollout's artifact count, see `TargetKeys`); turn a device that stays in an
-   in-flight state past its deadline into `timed_out`; judge the current wave:
-   halt and roll it back when failures exceed the threshold, start its probation
-   window once every device is terminal and enough committed, run the quality
-   gate during probation, and at its end launch the next wave or complete;
+   rollout's artifact count, see `fleet.rollout_state.TargetKeys`); turn a device
+   that stays in an in-flight state past its deadline into `timed_out`; judge the
+   current wave: halt and roll it back when failures exceed the threshold, start its
+   probation window once every device is terminal and enough committed, run the
+   quality gate during probation, and at its end launch the next wave or complete;
 2. publish every pending `desired` (new or rolled back) through the `DesiredSink`,
    outside any transaction, and mark it done. A publish that fails stays pending
    and is retried next tick (an outbox), so a crash never loses a rollback.
 
-A device counts as updated only in `committed`. Every change is appended to
-`rollout_history`. Operator commands (`fleet.rollout_commands`) only write the
-database; the engine publishes what they leave pending.
+How one device's report becomes its next state, and the desired state a launched
+device is sent, are pure functions in `fleet.rollout_state`; this module is their
+database and MQTT side. A device counts as updated only in `committed`. Every
+change is appended to `rollout_history`. Operator commands (`fleet.rollout_commands`)
+only write the database; the engine publishes what they leave pending.
 
 A wave's desired states are published together and their PUBACKs awaited once
 (`fleet.desired.publish_all`). Between ticks, `wait` returns early when ingest's
@@ -44,8 +46,7 @@ from agent.protocol import DesiredState
 from fleet.db import Database
 from fleet.desired import DesiredSink, publish_all
 from fleet.models import Device, Reported
-from fleet.rollout_gate import Counters, GateResult, Verdict, counters_from_health, evaluate_gate
-from fleet.rollout_gate import window as gate_window
+from fleet.rollout_gate import GateResult, Verdict, counters_from_health, evaluate_gate
 from fleet.rollout_models import (
     ENGINE,
     Rollout,
@@ -65,78 +66,15 @@ from fleet.rollout_spec import (
     WaveState,
 )
 from fleet.rollout_spec import DeviceRolloutState as D
+from fleet.rollout_state import (
+    TargetKeys,
+    canary_start,
+    gate_windows,
+    next_state,
+    overlay_desired,
+)
 
 log = logging.getLogger(__name__)
-
-RECOVERABLE = frozenset({D.COMMITTED.value, D.FAILED.value, D.ROLLED_BACK.value})
-
-
-@dataclass(frozen=True)
-class TargetKeys:
-    """Which reports are about this rollout. In `reported.update`, the first present of:
-    `sequence` (a target artifact's manifest sequence), `target` (`{"model": version,
-    "config": version}` agreeing on every artifact rolled out), `version`."""
-
-    sequences: frozenset[int]
-    versions: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def of(cls, desired: dict[str, Any]) -> TargetKeys:
-        refs = {k: r for k in ("model", "config") if isinstance(r := desired.get(k), dict)}
-        return cls(
-            frozenset(int(r["sequence"]) for r in refs.values()),
-            tuple((k, str(r["version"])) for k, r in refs.items()),
-        )
-
-    def matches(self, payload: dict[str, Any]) -> bool:
-        upd = payload.get("update")
-        if not isinstance(upd, dict):
-            return False
-        seq, target = upd.get("sequence"), upd.get("target")
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            return seq in self.sequences
-        if isinstance(target, dict):
-            return all(str(target.get(k)) == v for k, v in self.versions)
-        version = upd.get("version")
-        return version is not None and str(version) in {v for _, v in self.versions}
-
-
-def overlay_desired(previous: dict[str, Any] | None, refs: dict[str, Any]) -> dict[str, Any]:
-    """The device's previous desired state with the rollout's artifacts laid over it."""
-    out = dict(previous or {})
-    out.update({k: v for k, v in refs.items() if v is not None})
-    out["schema"] = 1
-    return DesiredState.model_validate(out).model_dump(mode="json", by_alias=True)
-
-
-# --------------------------------------------------------------------------- the engine
-def next_state(
-    row: RolloutDevice, rep: Reported | None, keys: TargetKeys, spec: RolloutSpec, now: float
-) -> tuple[str | None, str | None]:
-    """(new state, error) of a launched device, or (None, None) when nothing changed.
-
-    A report counts if it is about this rollout's artifact and, except `committed`,
-    arrived after the device's wave was launched (a retained `failed` from an
-    earlier attempt must not fail the new one). `timed_out` is left only for a
-    terminal report.
-    """
-    reported = None
-    if rep is not None and rep.update_state in OTA_STATES and keys.matches(rep.payload):
-        fresh = row.launched_at is not None and rep.received_at >= row.launched_at
-        if fresh or rep.update_state == D.COMMITTED.value:
-            reported = rep.update_state
-    if (
-        reported is not None
-        and reported != row.state
-        and (row.state != D.TIMED_OUT.value or reported in RECOVERABLE)
-    ):
-        upd = rep.payload.get("update") if rep is not None else None
-        error = upd.get("error") if isinstance(upd, dict) else None
-        return reported, None if error is None else str(error)[:256]
-    limit = spec.deadlines_s.of(row.state)
-    if limit is not None and now - row.state_since > limit:
-        return D.TIMED_OUT.value, f"{row.state} for more than {limit:g}s"
-    return None, None
 
 
 @dataclass
@@ -153,16 +91,6 @@ class _Ctx:
 
     def devices(self, ids: Sequence[str]) -> dict[str, Device]:
         return {d.id: d for d in self.s.scalars(select(Device).where(Device.id.in_(ids)))}
-
-
-def _canary_start(row: RolloutDevice) -> dict[str, Any] | None:
-    """Where a canary's window starts: at its commit, or at zero when its counters fell
-    between launch and commit (the agent restarted into the new version)."""
-    at_launch = Counters.from_json(row.start_counters)
-    at_commit = Counters.from_json(row.commit_counters)
-    if at_launch is not None and at_commit is not None and at_commit.frames < at_launch.frames:
-        return None
-    return row.commit_counters
 
 
 class RolloutEngine:
@@ -405,21 +333,9 @@ class RolloutEngine:
         canary = [row for row in ctx.rows if row.state == D.COMMITTED.value and not row.reverted]
         control = [row for row in ctx.rows if row.launched_at is None]
         devs = ctx.devices([row.device_id for row in (*canary, *control)])
-
-        def windows(
-            rows: list[RolloutDevice], start: Callable[[RolloutDevice], Any]
-        ) -> list[Counters]:
-            out = []
-            for row in rows:
-                dev = devs.get(row.device_id)
-                now_c = counters_from_health(dev.last_health if dev else None)
-                if now_c is not None:
-                    out.append(gate_window(now_c, Counters.from_json(start(row))))
-            return out
-
         return evaluate_gate(
-            windows(canary, _canary_start),
-            windows(control, lambda row: row.start_counters),
+            gate_windows(canary, devs, canary_start),
+            gate_windows(control, devs, lambda row: row.start_counters),
             ctx.spec.quality_gate,
         )
 
