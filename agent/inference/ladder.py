@@ -2,6 +2,11 @@
 
     rung 0 (e.g. TensorRT EP) -> rung 1 (CUDA EP) -> rung 2 (CPU) -> none left: BackendError
 
+This module holds the state machine, `DegradingBackend` (serve, degrade, climb back, switch),
+and `build_ladder`, which makes one from config. The parts it is made of (the `Rung` and its
+executor thread, the `LadderCode` / `LadderMode` reporting types, `build_rungs` and the
+per-type builders) live in `agent.inference.ladder_rungs` and are re-exported here.
+
 `DegradingBackend` starts on the best rung that loads. Every call of a rung (load, infer,
 close) runs on that rung's own executor thread, so:
 
@@ -26,161 +31,40 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import enum
 import functools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
-from agent.config.inference import BackendConfig, OnnxRuntimeBackendConfig
-from agent.config.ladder import LadderConfig, rung_key
-from agent.inference.backend import Backend
+from agent.config.ladder import LadderConfig
 from agent.inference.errors import BackendError
-from agent.inference.model import ModelFolder, check_io
-from agent.inference.onnxrt import CPU_PROVIDER, OnnxRuntimeBackend
+from agent.inference.ladder_rungs import (
+    DEFAULT_BUILDERS,
+    BackendBuilder,
+    ChangeCallback,
+    LadderCode,
+    LadderMode,
+    LoadedRung,
+    PendingLoad,
+    Rung,
+    RungFactory,
+    RungThread,
+    build_rungs,
+    is_cpu_rung,
+    onnxruntime_rung,
+    retire,
+)
+from agent.inference.model import ModelFolder
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Tensor = npt.NDArray[np.float32]
 Outputs = list[npt.NDArray[np.generic]]
-RungFactory = Callable[[], Backend]
-BackendBuilder = Callable[[Any, ModelFolder], Backend]
-"""(rung config, model) -> a loaded Backend; raises on failure. One per backend `type`."""
-
-
-class LadderCode(str, enum.Enum):
-    """Why the ladder is on its current rung (health and events)."""
-
-    OK = "ok"
-    LOAD_FAILED = "load_failed"
-    INFER_ERROR = "infer_error"
-    INFER_TIMEOUT = "infer_timeout"
-    CLIMBED_BACK = "climbed_back"
-
-
-ChangeCallback = Callable[[str | None, str | None, LadderCode, str], None]
-"""on_change(old_rung, new_rung, code, detail); None stands for 'no rung'."""
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One step of the ladder: a name for health, a factory run on the rung's own thread."""
-
-    name: str
-    factory: RungFactory
-    cpu: bool = False
-    """A CPU rung: while degraded onto it, cameras are capped at cpu_fallback_max_fps."""
-
-
-@dataclass(frozen=True)
-class LadderMode:
-    """Where the ladder stands; `rung` None means every rung is faulted."""
-
-    rung: str | None
-    backend: str | None
-    degraded: bool
-    code: LadderCode
-    detail: str
-    since: float
-    max_fps: float | None
-    """Per-camera fps cap that applies in this mode (None: no cap)."""
-    faulted: Mapping[str, str] = field(default_factory=dict)
-    """Rung name -> the last reason it failed, for rungs not currently healthy."""
-
-    def to_health(self) -> dict[str, Any]:
-        return {
-            "rung": self.rung,
-            "backend": self.backend,
-            "degraded": self.degraded,
-            "code": self.code.value,
-            "detail": self.detail,
-            "max_fps": self.max_fps,
-            "faulted": dict(self.faulted),
-        }
-
-
-class _RungThread:
-    """A daemon thread running every call of one rung, in submission order."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
-        future: cf.Future[T] = cf.Future()
-
-        def job() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the caller through the future
-                future.set_exception(exc)
-
-        self._jobs.put(job)
-        return future
-
-    def call(self, fn: Callable[[], T], timeout_s: float) -> T:
-        """fn's result; raises what fn raised, or cf.TimeoutError (fn keeps running)."""
-        return self.submit(fn).result(timeout_s)
-
-    def stop(self) -> None:
-        """End the thread after the jobs already queued (at once if it is idle)."""
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-
-def _retire(thread: _RungThread, source: Backend | cf.Future[Backend]) -> None:
-    """Close a backend on its own thread once that thread is free, then end the thread.
-
-    For a hung thread this runs only if the hung call ever returns; nobody waits for it.
-    """
-
-    def close() -> None:
-        if isinstance(source, cf.Future):
-            if source.cancelled() or source.exception() is not None:
-                return
-            backend = source.result()
-        else:
-            backend = source
-        try:
-            backend.close()
-        except Exception as exc:
-            log.warning("ladder backend close failed backend=%s error=%s", backend.name, exc)
-
-    thread.submit(close)
-    thread.stop()
-
-
-@dataclass
-class _Loaded:
-    index: int
-    rung: Rung
-    backend: Backend
-    thread: _RungThread
-    since: float = 0.0
-    climbed: bool = False
-
-
-@dataclass(frozen=True)
-class _Pending:
-    index: int
-    thread: _RungThread
-    future: cf.Future[Backend]
-    started: float
 
 
 class DegradingBackend:
@@ -205,8 +89,8 @@ class DegradingBackend:
         self._label = label
         self._lock = threading.Lock()
         self._closed = False
-        self._active: _Loaded | None = None
-        self._pending: _Pending | None = None
+        self._active: LoadedRung | None = None
+        self._pending: PendingLoad | None = None
         self._errors = 0
         self._delay = cfg.climb_back_after_s
         self._next_climb = 0.0
@@ -244,10 +128,10 @@ class DegradingBackend:
                 return
             self._closed = True
             if self._active is not None:
-                _retire(self._active.thread, self._active.backend)
+                retire(self._active.thread, self._active.backend)
                 self._active = None
             if self._pending is not None:
-                _retire(self._pending.thread, self._pending.future)
+                retire(self._pending.thread, self._pending.future)
                 self._pending = None
         finally:
             if acquired:
@@ -286,24 +170,24 @@ class DegradingBackend:
             f"{self._label}: no inference backend could be loaded: " + "; ".join(reasons)
         )
 
-    def _begin_load(self, index: int) -> _Pending:
+    def _begin_load(self, index: int) -> PendingLoad:
         rung = self._rungs[index]
-        thread = _RungThread(f"{self._label}-{rung.name}")
-        return _Pending(index, thread, thread.submit(rung.factory), time.monotonic())
+        thread = RungThread(f"{self._label}-{rung.name}")
+        return PendingLoad(index, thread, thread.submit(rung.factory), time.monotonic())
 
-    def _finish_load(self, pending: _Pending, timeout_s: float) -> _Loaded | str:
+    def _finish_load(self, pending: PendingLoad, timeout_s: float) -> LoadedRung | str:
         """The loaded rung, or the reason it failed (recorded as a fault)."""
         rung = self._rungs[pending.index]
         try:
             backend = pending.future.result(timeout_s)
         except cf.TimeoutError:
-            _retire(pending.thread, pending.future)
+            retire(pending.thread, pending.future)
             reason = f"load timed out after {self._cfg.load_timeout_s:g}s"
         except Exception as exc:
             pending.thread.stop()
             reason = f"load failed: {exc}"
         else:
-            return _Loaded(pending.index, rung, backend, pending.thread)
+            return LoadedRung(pending.index, rung, backend, pending.thread)
         self._counts["load_failures"] += 1
         self._note_fault(rung.name, reason)
         log.warning(
@@ -311,7 +195,7 @@ class DegradingBackend:
         )
         return reason
 
-    def _load(self, index: int) -> _Loaded | str:
+    def _load(self, index: int) -> LoadedRung | str:
         return self._finish_load(self._begin_load(index), self._cfg.load_timeout_s)
 
     # --- serving and degrading --------------------------------------------------------
@@ -345,11 +229,11 @@ class DegradingBackend:
             f"{self._label}: every inference backend is faulted: {self._fault_text()}"
         )
 
-    def _degrade(self, active: _Loaded, code: LadderCode, detail: str) -> None:
+    def _degrade(self, active: LoadedRung, code: LadderCode, detail: str) -> None:
         """Abandon the active rung and load the next one that loads (or none)."""
         self._counts["degradations"] += 1
         self._active = None
-        _retire(active.thread, active.backend)
+        retire(active.thread, active.backend)
         self._faulted[active.rung.name] = detail
         now = self._clock()
         flapping = active.climbed and now - active.since < self._cfg.climb_back_max_s
@@ -369,7 +253,7 @@ class DegradingBackend:
             return
         self._publish(active.rung.name, None, code, "; ".join(notes))
 
-    def _switch(self, old: str | None, loaded: _Loaded, code: LadderCode, detail: str) -> None:
+    def _switch(self, old: str | None, loaded: LoadedRung, code: LadderCode, detail: str) -> None:
         loaded.since = self._clock()
         loaded.climbed = code is LadderCode.CLIMBED_BACK
         self._active = loaded
@@ -447,7 +331,7 @@ class DegradingBackend:
         log.info("ladder climb back failed ladder=%s retry_in_s=%.1f", self._label, self._delay)
         return None
 
-    def _attempt(self, pending: _Pending, tensor: Tensor) -> Outputs | None:
+    def _attempt(self, pending: PendingLoad, tensor: Tensor) -> Outputs | None:
         """Finish a background load and probe it with this frame; switch up on success."""
         remaining = self._cfg.load_timeout_s - (time.monotonic() - pending.started)
         loaded = self._finish_load(pending, max(remaining, 0.0))
@@ -465,7 +349,7 @@ class DegradingBackend:
         else:
             old = self._active
             if old is not None:
-                _retire(old.thread, old.backend)
+                retire(old.thread, old.backend)
             self._counts["climbs"] += 1
             self._input_name = loaded.backend.input_name
             self._switch(
@@ -475,64 +359,10 @@ class DegradingBackend:
                 f"{name} passed its probe",
             )
             return outputs
-        _retire(loaded.thread, loaded.backend)
+        retire(loaded.thread, loaded.backend)
         self._note_fault(name, reason)
         log.info("ladder climb probe failed ladder=%s rung=%s reason=%s", self._label, name, reason)
         return None
-
-
-# --- building rungs from config -------------------------------------------------------
-
-
-def onnxruntime_rung(cfg: OnnxRuntimeBackendConfig, model: ModelFolder) -> Backend:
-    """An ONNX Runtime rung that is strictly what it says: its first provider must be the
-    session's first provider (ORT would silently fall back to CPU; on a ladder that is a
-    load failure, the CPU rung below exists for that)."""
-    wanted = cfg.providers[0]
-    available = ort.get_available_providers()
-    if wanted not in available:
-        msg = f"provider {wanted} is not in this onnxruntime build ({', '.join(available)})"
-        raise BackendError(msg)
-    backend = OnnxRuntimeBackend(model.onnx_path, cfg.providers, cfg.intra_op_threads)
-    try:
-        if backend.providers[0] != wanted:
-            raise BackendError(f"session runs on {backend.providers[0]}, not {wanted}")
-        manifest = model.manifest
-        check_io(backend.io, manifest, f"model {manifest.name}@{manifest.version}")
-    except BaseException:
-        backend.close()
-        raise
-    return backend
-
-
-DEFAULT_BUILDERS: Mapping[str, BackendBuilder] = {"onnxruntime": onnxruntime_rung}
-
-
-def _missing_builder(kind: str) -> Backend:
-    raise BackendError(f"backend type {kind!r} is not available in this agent")
-
-
-def is_cpu_rung(cfg: BackendConfig) -> bool:
-    providers: list[str] = getattr(cfg, "providers", None) or []
-    return providers[:1] == [CPU_PROVIDER]
-
-
-def build_rungs(
-    cfg: LadderConfig, model: ModelFolder, builders: Mapping[str, BackendBuilder] | None = None
-) -> list[Rung]:
-    """One Rung per configured backend; `builders` adds or overrides a type's builder (e.g.
-    {"tensorrt": create_tensorrt_backend}). A type without a builder fails to load."""
-    table = {**DEFAULT_BUILDERS, **(builders or {})}
-    rungs = []
-    for rc in cfg.rungs:
-        builder = table.get(rc.type)
-        factory: RungFactory = (
-            functools.partial(builder, rc, model)
-            if builder is not None
-            else functools.partial(_missing_builder, rc.type)
-        )
-        rungs.append(Rung(rung_key(rc), factory, cpu=is_cpu_rung(rc)))
-    return rungs
 
 
 def build_ladder(
