@@ -25,23 +25,15 @@ from fleet.db import Database, open_database
 from fleet.models import Device, Event
 from fleet.signing import load_private_key
 from fleet.simulator import SimConfig, Simulator
+from tests.fleet.browser import chromium, logged_in_page, screenshot, sync_api_or_skip
 from tests.fleet.helpers import FleetServer, RawDevice, fleet_config, http_port
 from tests.mosquitto import Mosquitto, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 SIM_DEVICES = 6
 HOSTILE_LABEL = "<b>bold</b><script>window.pwned=1</script>"
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
+sync_api = sync_api_or_skip()
 
 
 def _count(db: Database, model: Any, *where: Any) -> int:
@@ -108,31 +100,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium(sync_api) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser: Any, fleet: Fleet) -> Iterator[Any]:
     """A fresh browser context, logged in through the form."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    p = context.new_page()
-    p.set_default_timeout(10_000)
-    p.goto(f"{fleet.server.url}/ui/")
-    p.fill("input[name=token]", fleet.token)
-    p.click("form.login button[type=submit]")
-    p.wait_for_url(f"{fleet.server.url}/ui/")
+    context, p = logged_in_page(browser, fleet.server.url, fleet.token)
     yield p
     context.close()
-
-
-def _screenshot(p: Any, path: Path) -> None:
-    p.screenshot(path=str(path), full_page=True)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(data) > 10_000
 
 
 def test_pages_need_a_login_and_refuse_a_wrong_token(browser: Any, fleet: Fleet) -> None:
@@ -177,7 +154,7 @@ def test_overview_shows_every_device_online_or_offline_with_last_health(
     assert f"{sum(not d.degraded for d in fleet.sim.devices)}\nok" in cards
     assert "1\noffline" in cards
     assert "1.0.0" in page.inner_text("main")  # the model versions table
-    _screenshot(page, tmp_path / "overview.png")
+    screenshot(page, tmp_path / "overview.png")
 
 
 def test_device_page_shows_health_charts_cameras_and_recent_events(
@@ -200,7 +177,7 @@ def test_device_page_shows_health_charts_cameras_and_recent_events(
     assert "version: model" in main
     assert page.locator("svg.chart").count() >= 2
     assert page.locator("img.thumb").count() >= 1
-    _screenshot(page, tmp_path / "device.png")
+    screenshot(page, tmp_path / "device.png")
 
 
 def test_events_page_shows_snapshot_thumbnails_and_escapes_payload_text(
@@ -217,7 +194,7 @@ def test_events_page_shows_snapshot_thumbnails_and_escapes_payload_text(
         "() => [...document.querySelectorAll('img.thumb')].slice(0, 3)"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
-    _screenshot(page, tmp_path / "events.png")
+    screenshot(page, tmp_path / "events.png")
     # when the filter narrows the list to the device that sent a label made of HTML
     page.fill("form.filters input[name=device]", "dash-gone")
     page.click("form.filters button[type=submit]")
@@ -253,13 +230,13 @@ def test_rollouts_page_lists_a_rollout_with_its_waves(
     page.wait_for_url("**/ui/rollouts")
     # then it lists the rollout, and its page shows waves and devices
     assert "dash-config" in page.inner_text("table.rollouts")
-    _screenshot(page, tmp_path / "rollouts.png")
+    screenshot(page, tmp_path / "rollouts.png")
     page.click(f"table.rollouts a:text-is('{resp.json()['id']}')")
     main = page.inner_text("main")
     assert "rollout waves" in main
     assert "dash-0000" in main
     assert page.locator("svg.bar").count() == 1  # device-state progress
-    _screenshot(page, tmp_path / "rollout.png")
+    screenshot(page, tmp_path / "rollout.png")
 
 
 def test_pages_carry_a_strict_content_security_policy(fleet: Fleet) -> None:

@@ -23,21 +23,13 @@ from fleet.dashboard_history import PLOT_H, TOP
 from fleet.db import Database, open_database
 from fleet.models import Device, HealthSample
 from fleet.simulator import SimConfig, Simulator
+from tests.fleet.browser import chromium, logged_in_page, screenshot, sync_api_or_skip
 from tests.fleet.helpers import FleetServer, RawDevice, fleet_config, http_port
 from tests.mosquitto import Mosquitto, wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 MIN_ROWS = 6
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
+sync_api = sync_api_or_skip()
 
 
 def _history_rows(db: Database, device_id: str) -> int:
@@ -82,33 +74,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium(sync_api) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser: Any, fleet: Fleet) -> Iterator[tuple[Any, list[str]]]:
     """A fresh context logged in through the form, and the console messages it logs."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    p = context.new_page()
+    context, p = logged_in_page(browser, fleet.server.url, fleet.token)
     console: list[str] = []
     p.on("console", lambda msg: console.append(msg.text))
-    p.set_default_timeout(10_000)
-    p.goto(f"{fleet.server.url}/ui/")
-    p.fill("input[name=token]", fleet.token)
-    p.click("form.login button[type=submit]")
-    p.wait_for_url(f"{fleet.server.url}/ui/")
     yield p, console
     context.close()
-
-
-def _screenshot(p: Any, path: Path) -> None:
-    p.screenshot(path=str(path), full_page=True)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(data) > 10_000
 
 
 def _chart(p: Any, caption: str) -> Any:
@@ -159,7 +136,7 @@ def test_device_page_charts_the_stored_history_per_camera(
     assert p.locator("svg.chart:not(.history-chart)").count() >= 2
     # and nothing was refused by the Content-Security-Policy
     assert not [m for m in console if "Content Security Policy" in m]
-    _screenshot(p, tmp_path / "device-history.png")
+    screenshot(p, tmp_path / "device-history.png")
 
 
 def test_a_device_without_history_shows_an_empty_state(
@@ -170,4 +147,4 @@ def test_a_device_without_history_shows_an_empty_state(
     section = p.locator("section", has=p.locator("h2:text-is('Health over time')"))
     assert "No health history stored" in section.inner_text()
     assert p.locator("svg.history-chart").count() == 0
-    _screenshot(p, tmp_path / "device-no-history.png")
+    screenshot(p, tmp_path / "device-no-history.png")
