@@ -30,8 +30,8 @@ from agent.config.inference import BackendConfig, OnnxRuntimeBackendConfig
 from agent.config.ladder import LadderConfig, rung_key
 from agent.inference.backend import Backend
 from agent.inference.errors import BackendError
-from agent.inference.model import ModelFolder, check_io
-from agent.inference.onnxrt import CPU_PROVIDER, OnnxRuntimeBackend
+from agent.inference.model import ModelFolder
+from agent.inference.onnxrt import CPU_PROVIDER, create_backend
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +186,10 @@ def onnxruntime_rung(cfg: OnnxRuntimeBackendConfig, model: ModelFolder) -> Backe
     if wanted not in available:
         msg = f"provider {wanted} is not in this onnxruntime build ({', '.join(available)})"
         raise BackendError(msg)
-    backend = OnnxRuntimeBackend(model.onnx_path, cfg.providers, cfg.intra_op_threads)
-    try:
-        if backend.providers[0] != wanted:
-            raise BackendError(f"session runs on {backend.providers[0]}, not {wanted}")
-        manifest = model.manifest
-        check_io(backend.io, manifest, f"model {manifest.name}@{manifest.version}")
-    except BaseException:
+    backend = create_backend(cfg, model)
+    if backend.providers[0] != wanted:
         backend.close()
-        raise
+        raise BackendError(f"session runs on {backend.providers[0]}, not {wanted}")
     return backend
 
 

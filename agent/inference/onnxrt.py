@@ -17,7 +17,6 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from agent.config.inference import OnnxRuntimeBackendConfig
-from agent.inference.backend import Backend
 from agent.inference.errors import BackendError
 from agent.inference.model import ModelFolder, ModelIO, check_io, session_io
 
@@ -99,7 +98,7 @@ class OnnxRuntimeBackend:
         self._session = None
 
 
-def create_backend(cfg: OnnxRuntimeBackendConfig, model: ModelFolder) -> Backend:
+def create_backend(cfg: OnnxRuntimeBackendConfig, model: ModelFolder) -> OnnxRuntimeBackend:
     """A backend for `model` as configured, its tensors checked against the manifest."""
     backend = OnnxRuntimeBackend(model.onnx_path, cfg.providers, cfg.intra_op_threads)
     try:
