@@ -17,13 +17,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import time
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from agent.health.resources import read_process
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+log = logging.getLogger(__name__)
 
 
 def _glibc_malloc_trim() -> Callable[[int], int] | None:
@@ -40,12 +39,11 @@ def _glibc_malloc_trim() -> Callable[[int], int] | None:
     return fn
 
 
-def rss_bytes() -> int | None:
-    """This process's resident set size from /proc/self/statm, or None off Linux."""
+def _rss_bytes() -> int | None:
+    """This process's RSS as the resource guard reads it, or None where /proc is absent."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
+        return read_process().rss_bytes
+    except (OSError, ValueError):
         return None
 
 
@@ -66,10 +64,10 @@ class HeapTrimmer:
         """Release free heap pages; returns the RSS drop in bytes (0 when unavailable)."""
         if self._fn is None:
             return 0
-        before = rss_bytes()
+        before = _rss_bytes()
         t0 = time.monotonic()
         self._fn(0)
-        after = rss_bytes()
+        after = _rss_bytes()
         released = max(0, before - after) if before is not None and after is not None else 0
         self.runs += 1
         self.released_bytes += released

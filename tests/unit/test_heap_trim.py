@@ -13,7 +13,8 @@ import pytest
 from agent.app import Agent
 from agent.config.health import ResourceConfig
 from agent.config.root import load_config
-from agent.health.heap_trim import HeapTrimmer, rss_bytes
+from agent.health.heap_trim import HeapTrimmer
+from agent.health.resources import read_process
 from tests.agent_helpers import agent_config
 
 GLIBC = platform.libc_ver()[0] == "glibc"
@@ -35,11 +36,10 @@ def test_trim_gives_back_freed_heap_that_malloc_keeps() -> None:
     assert all(chunks)
     for c in chunks:
         ctypes.memset(c, 1, 4000)
-    before_free = rss_bytes()
+    before_free = read_process().rss_bytes
     for c in chunks[:-1]:
         libc.free(c)
-    retained = rss_bytes()
-    assert before_free is not None and retained is not None
+    retained = read_process().rss_bytes
     assert before_free - retained < 16 << 20, "glibc returned the freed chunks by itself"
 
     released = trimmer.trim()
@@ -56,14 +56,6 @@ def test_without_malloc_trim_nothing_runs() -> None:
     assert not trimmer.available
     assert trimmer.trim() == 0
     assert trimmer.runs == 0
-
-
-def test_rss_is_read_from_proc() -> None:
-    rss = rss_bytes()
-    if not Path("/proc/self/statm").exists():
-        assert rss is None
-    else:
-        assert rss is not None and rss > 1 << 20
 
 
 def test_interval_is_validated() -> None:
