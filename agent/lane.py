@@ -3,7 +3,12 @@
 Inference workers finish frames out of order; each lane holds results until the
 next dispatch ticket of its camera is in, then runs the camera's tracker and rule
 engine on frames strictly in order. Whichever worker completes the gap does the
-(cheap) tracking work, under the lane's lock, so no extra thread or queue is needed.
+(cheap) tracking work, so no extra thread or queue is needed.
+
+A worker never waits for another worker's lane work: handing in a result takes a short
+inbox lock only. If another worker is already draining the lane, the result is left in
+the inbox for it and the caller goes back to inference at once (waiting there left a
+core idle for the length of a tracking step, measured: docs/benchmarks.md, Pipeline).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Protocol
 from av.video.reformatter import VideoReformatter
 
 from agent.health.drift import DriftMonitor, sample_image
-from agent.metrics import LatencyWindow, RateWindow
+from agent.metrics import LatencyWindow, RateLimitedLog, RateWindow
 from agent.outputs.snapshot import SnapshotStore, render_snapshot
 from agent.types import Detections, Event, EventPhase, EventRecord, FramePacket, Track
 
@@ -77,9 +82,14 @@ class CameraLane:
         self.drift = drift
         self._reformatter = VideoReformatter()  # used under the lane lock only
         self._rate = RateWindow()
+        self._limiter = RateLimitedLog()
         self._lock = threading.Lock()
+        """Guards the tracker, the rules and every counter below: held while processing."""
+        self._inbox = threading.Lock()
+        """Guards `_pending`, `_next_ticket` and `_draining`: held for a few statements."""
         self._pending: dict[int, tuple[FramePacket, Detections | None]] = {}
         self._next_ticket = 0
+        self._draining = False
         self._time_offset = 0.0
         self._last_time: float | None = None
         self._last_packet: FramePacket | None = None
@@ -99,7 +109,8 @@ class CameraLane:
 
     @property
     def tickets_done(self) -> int:
-        with self._lock:
+        """Dispatch tickets fully processed (in order, so: the next ticket awaited)."""
+        with self._inbox:
             return self._next_ticket
 
     @property
@@ -107,18 +118,47 @@ class CameraLane:
         return self._max_frames is not None and self.frames_processed >= self._max_frames
 
     def submit(self, ticket: int, packet: FramePacket, dets: Detections | None) -> None:
-        """Hand in a frame's detections (None: inference failed) under its dispatch ticket."""
-        with self._lock:
+        """Hand in a frame's detections (None: inference failed) under its dispatch ticket.
+
+        Returns at once when another worker is draining this lane (it will process this
+        result in its turn); otherwise processes every result that is next in order.
+        """
+        with self._inbox:
             self._pending[ticket] = (packet, dets)
-            while self._next_ticket in self._pending:
-                pkt, result = self._pending.pop(self._next_ticket)
-                self._next_ticket += 1
-                if self._closed or self.reached_max_frames:
-                    self.frames_ignored += 1
-                elif result is None:
+            if self._draining:
+                return
+            self._draining = True
+        drained = False
+        while True:
+            with self._inbox:
+                if drained:
+                    self._next_ticket += 1
+                item = self._pending.pop(self._next_ticket, None)
+                if item is None:
+                    self._draining = False
+                    return
+            drained = True
+            with self._lock:
+                try:
+                    self._handle(*item)
+                except Exception as exc:  # a stage fault costs this frame, not the worker
                     self.frames_failed += 1
-                else:
-                    self._process(pkt, result)
+                    suppressed = self._limiter.allow(type(exc).__name__, time.monotonic())
+                    if suppressed is not None:
+                        log.exception(
+                            "lane processing failed camera=%s seq=%d suppressed=%d",
+                            self.camera_id,
+                            item[0].seq,
+                            suppressed,
+                        )
+
+    def _handle(self, pkt: FramePacket, result: Detections | None) -> None:
+        if self._closed or self.reached_max_frames:
+            self.frames_ignored += 1
+        elif result is None:
+            self.frames_failed += 1
+        else:
+            self._process(pkt, result)
 
     def close(self) -> None:
         """End every open episode (end of stream or shutdown); later frames are ignored."""

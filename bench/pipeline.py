@@ -97,7 +97,7 @@ def end_to_end(
         agent = Agent(cfg, max_frames=limit)
         with CpuMeter() as meter:
             agent.start()
-            agent.wait(poll_s=0.005)
+            agent.wait(poll_s=0.02)
         summary = agent.close()
         cam = summary.cameras["cam00"]
         frames = int(cam["frames_processed"])
