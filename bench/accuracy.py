@@ -56,7 +56,7 @@ from bench.common import MODEL_DIR, cores
 F64 = npt.NDArray[np.float64]
 Detect = Callable[[Path], Detections]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-PATHS = ("agent", "agent-agnostic", "yolox-demo", "yolox-demo-aware")
+PATHS = ("agent", "agent-square", "agent-agnostic", "yolox-demo", "yolox-demo-aware")
 
 
 class AccuracyError(Exception):
@@ -249,15 +249,26 @@ def evaluate(gt: GroundTruth, detect: Detect, labels: Sequence[str]) -> Detectio
 
 
 def agent_detector(
-    model_dir: Path, score: float | None, nms: float | None, max_det: int | None
+    model_dir: Path,
+    score: float | None,
+    nms: float | None,
+    max_det: int | None,
+    *,
+    square: bool = False,
 ) -> Any:
-    """The agent's Detector as the pipeline builds it (create_backend), all cores for speed."""
+    """The agent's Detector as the pipeline builds it (create_backend), all cores for speed.
+
+    `square`: the same, with rectangular inference off (the manifest's full input size).
+    """
     from agent.config import OnnxRuntimeBackendConfig
     from agent.inference.detector import Detector
     from agent.inference.model import load_model_folder
-    from agent.inference.onnxrt import create_backend
+    from agent.inference.onnxrt import OnnxRuntimeBackend, create_backend
 
     model = load_model_folder(model_dir)
+    if square:
+        backend = OnnxRuntimeBackend(model.onnx_path, intra_op_threads=cores())
+        return Detector(model, backend, score, nms, max_det)
     cfg = OnnxRuntimeBackendConfig(type="onnxruntime", intra_op_threads=cores())
     return Detector(model, create_backend(cfg, model), score, nms, max_det)
 
@@ -271,7 +282,7 @@ def make_detector(
     from agent.inference.nms import nms as agent_nms
     from agent.inference.preprocess import unletterbox_boxes
 
-    det = agent_detector(model_dir, score, nms, max_det)
+    det = agent_detector(model_dir, score, nms, max_det, square=path == "agent-square")
     m = det.model.manifest
     labels = list(m.labels)
     if path.startswith("yolox-demo"):
@@ -280,7 +291,7 @@ def make_detector(
         det.close()
         demo = YoloxDemoDetector(det.model, score, det.nms_threshold, agnostic=path == "yolox-demo")
         return demo.detect_path, labels
-    if path == "agent":
+    if path in ("agent", "agent-square"):
         return (lambda p: det.detect_image(load_image(p))), labels
     if m.family != "yolox":
         raise AccuracyError(f"path {path} needs a yolox model, not {m.family}")

@@ -4,8 +4,9 @@
   (`ort.InferenceSession(path)`, default options: all cores for intra-op), on
   preprocessed frames of the sample video. Pure inference, nothing else.
 - `parallel_sessions_fps`: the agent's layout without the agent: one
-  single-threaded session per core, each on its own thread, same tensors. The
-  ceiling for inference alone on this machine.
+  single-threaded session per core, each on its own thread, on tensors of the
+  agent's input size (rectangular when the manifest says so). The ceiling for
+  inference alone on this machine.
 - `naive_loop`: the sequential loop a user would write: PyAV decode,
   `frame.to_image()` + PIL resize + pad, numpy float NCHW, default session,
   numpy YOLOX decode and a simple greedy NMS.
@@ -31,13 +32,18 @@ from bench.common import CpuMeter, Meter
 F32 = npt.NDArray[np.float32]
 
 
-def sample_tensors(video: Path, model: ModelFolder, count: int) -> list[F32]:
-    """`count` network inputs from frames spread evenly over the video (agent's preprocessing)."""
+def sample_tensors(video: Path, model: ModelFolder, count: int, *, rect: bool = False) -> list[F32]:
+    """`count` network inputs from frames spread evenly over the video (agent's preprocessing).
+
+    `rect`: at the agent's rectangular input size when the manifest asks for it (416x320
+    for vtest); otherwise at the manifest's full input size, as a default session takes it.
+    """
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         total = stream.frames or 795
         step = max(1, total // count)
-        det = Detector(model, OnnxRuntimeBackend(model.onnx_path))
+        dynamic = rect and model.manifest.input.rect
+        det = Detector(model, OnnxRuntimeBackend(model.onnx_path, dynamic_spatial=dynamic))
         tensors: list[F32] = []
         for i, frame in enumerate(container.decode(stream)):
             if i % step == 0 and len(tensors) < count:
@@ -79,10 +85,14 @@ def default_session_fps(
 
 
 def parallel_sessions_fps(
-    onnx_path: Path, tensors: list[F32], runs: int, sessions: int
+    onnx_path: Path, tensors: list[F32], runs: int, sessions: int, *, rect: bool = False
 ) -> dict[str, Any]:
-    """Frames/s of `sessions` single-threaded sessions on as many threads (inference only)."""
-    backends = [OnnxRuntimeBackend(onnx_path, intra_op_threads=1) for _ in range(sessions)]
+    """Frames/s of `sessions` single-threaded sessions on as many threads (inference only);
+    `rect`: sessions that take the rectangular tensors of `sample_tensors(rect=True)`."""
+    backends = [
+        OnnxRuntimeBackend(onnx_path, intra_op_threads=1, dynamic_spatial=rect)
+        for _ in range(sessions)
+    ]
     per_thread = max(1, runs // sessions)
 
     def work(backend: OnnxRuntimeBackend, count: int) -> None:
@@ -103,6 +113,7 @@ def parallel_sessions_fps(
     return {
         "fps": total / meter.result.wall_s,
         "sessions": sessions,
+        "input": list(tensors[0].shape[2:]),
         "runs": total,
         "cpu_s_per_frame": round(meter.result.cpu_s / total, 5),
         "background_cores": meter.result.background_cores,

@@ -42,7 +42,6 @@ from agent.inference.model import load_model_folder
 from agent.inference.onnxrt import OnnxRuntimeBackend
 from agent.inference.preprocess import (
     alloc_input_image,
-    compute_letterbox,
     letterbox_frame,
     to_nchw_float,
 )
@@ -128,7 +127,9 @@ class StageRig:
 
     def __init__(self, cfg: AgentConfig) -> None:
         model = load_model_folder(cfg.model.path)
-        self.det = Detector(model, OnnxRuntimeBackend(model.onnx_path, intra_op_threads=1))
+        rect = model.manifest.input.rect  # rectangular inference, as the agent runs it
+        backend = OnnxRuntimeBackend(model.onnx_path, intra_op_threads=1, dynamic_spatial=rect)
+        self.det = Detector(model, backend)
         self.det.warm_up()
         self.cam = cfg.cameras[0]
         self.tracker = ByteTracker(cfg.tracker)
@@ -141,10 +142,10 @@ class StageRig:
         spec = SourceSpec.from_config(self.cam.source, self.cam.stall_timeout_s, 1)
         self.source = open_source(spec)
         w, h = self.source.width, self.source.height
-        self.lb = compute_letterbox(w, h, inp.width, inp.height, inp.letterbox)
+        self.lb = self.det.letterbox_for(w, h)  # the agent's input geometry
         self.img = alloc_input_image(self.lb, inp.pad_value)
         self.reformatter = VideoReformatter()  # reused across frames, as the Detector does
-        self.tensor = np.empty((1, 3, inp.height, inp.width), np.float32)
+        self.tensor = np.empty((1, 3, self.lb.dst_h, self.lb.dst_w), np.float32)
         self.events = 0
 
     def _outputs(self, frame: av.VideoFrame, raised: list[Event]) -> None:
@@ -269,7 +270,7 @@ def report(fig: dict[str, Any]) -> str:
     d, p, n = fig["default_inference"], fig["parallel_inference"], fig["naive_loop"]
     rows.append(
         [
-            "inference only, default ORT session",
+            "inference only, default ORT session (square input)",
             fmt(d["fps"]),
             fmt(d["background_cores"], 2),
             ", ".join(fmt(v) for v in d["block_fps"]),
@@ -277,7 +278,8 @@ def report(fig: dict[str, Any]) -> str:
     )
     rows.append(
         [
-            f"inference only, {p['sessions']} x 1-thread sessions",
+            f"inference only, {p['sessions']} x 1-thread sessions at "
+            + "x".join(str(v) for v in reversed(p.get("input", [])[-2:])),
             fmt(p["fps"]),
             fmt(p["background_cores"], 2),
             "",
@@ -403,13 +405,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     fig["stages"] = isolated_stages(base_cfg, frames_cap)
 
     progress("inference only: default session, then one 1-thread session per core")
-    tensors = baselines.sample_tensors(video, model, 32)
     runs = 240 if quick else 795
-    fig["default_inference"] = baselines.default_session_fps(model.onnx_path, tensors, runs)
+    square = baselines.sample_tensors(video, model, 32)  # what a default session is given
+    fig["default_inference"] = baselines.default_session_fps(model.onnx_path, square, runs)
+    rect = baselines.sample_tensors(video, model, 32, rect=True)  # the agent's input size
     fig["parallel_inference"] = baselines.parallel_sessions_fps(
-        model.onnx_path, tensors, runs, cores()
+        model.onnx_path, rect, runs, cores(), rect=model.manifest.input.rect
     )
-    del tensors
+    del square, rect
 
     progress(f"naive sequential loop x{repeats}")
     naive = [baselines.naive_loop(video, model, 150 if quick else 795) for _ in range(repeats)]

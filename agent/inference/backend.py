@@ -27,6 +27,11 @@ class Backend(Protocol):
         """Name of the network's single input tensor."""
         ...
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        """True when `infer` takes any input height and width (rectangular inference)."""
+        ...
+
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         """Run one [1, 3, H, W] float32 tensor; return the outputs in the model's order.
 

@@ -22,11 +22,12 @@ from av.video.reformatter import VideoReformatter
 
 from agent.inference.backend import Backend
 from agent.inference.decoders import Candidates, decode_nms, decode_yolov8, decode_yolox
-from agent.inference.errors import ImageError
+from agent.inference.errors import BackendError, ImageError
 from agent.inference.model import ModelFolder
 from agent.inference.nms import nms
 from agent.inference.preprocess import (
     Letterbox,
+    alloc_input_image,
     compute_letterbox,
     letterbox_array,
     letterbox_frame,
@@ -64,17 +65,28 @@ class Detector:
         self.max_detections = m.max_detections if max_detections is None else max_detections
         self._input = m.input
         self._strides = tuple(m.strides)
+        self.rect_multiple = max(m.strides) if m.input.rect and backend.dynamic_spatial else None
+        """Rectangular inference: inputs are padded to this multiple only (None: square)."""
         self._lb: Letterbox | None = None
         self._img = np.full((m.input.height, m.input.width, 3), m.input.pad_value, np.uint8)
         self._tensor = np.empty((1, 3, m.input.height, m.input.width), np.float32)
 
     def letterbox_for(self, src_w: int, src_h: int) -> Letterbox:
-        """The (cached) letterbox for a source size; recomputed only when the size changes."""
+        """The (cached) letterbox for a source size; recomputed only when the size changes.
+
+        With rectangular inference the input size follows the source's aspect ratio, so
+        the reused input buffers are reallocated when it changes.
+        """
         lb = self._lb
         if lb is None or (lb.src_w, lb.src_h) != (src_w, src_h):
             inp = self._input
-            lb = compute_letterbox(src_w, src_h, inp.width, inp.height, inp.letterbox)
+            lb = compute_letterbox(
+                src_w, src_h, inp.width, inp.height, inp.letterbox, multiple=self.rect_multiple
+            )
             self._lb = lb
+            if self._img.shape[:2] != (lb.dst_h, lb.dst_w):
+                self._img = alloc_input_image(lb, inp.pad_value)
+                self._tensor = np.empty((1, 3, lb.dst_h, lb.dst_w), np.float32)
         return lb
 
     def preprocess_frame(self, frame: av.VideoFrame) -> Prepared:
@@ -99,7 +111,7 @@ class Detector:
         )
         return to_nchw_float(self._img, inp.scale, self._tensor), lb
 
-    def decode(self, outputs: Outputs) -> Candidates:
+    def decode(self, outputs: Outputs, lb: Letterbox) -> Candidates:
         """Family decoder + NMS: kept candidates in network-input pixels, best first."""
         family = self.model.manifest.family
         if family == "nms":
@@ -108,9 +120,8 @@ class Detector:
             order = np.argsort(-cands.scores, kind="stable")[: self.max_detections]
             return Candidates(cands.boxes[order], cands.scores[order], cands.class_ids[order])
         if family == "yolox":
-            inp = self._input
             cands = decode_yolox(
-                outputs[0], inp.width, inp.height, self._strides, self.score_threshold
+                outputs[0], lb.dst_w, lb.dst_h, self._strides, self.score_threshold
             )
         else:
             cands = decode_yolov8(outputs[0], self.score_threshold)
@@ -121,7 +132,7 @@ class Detector:
 
     def postprocess(self, outputs: Outputs, lb: Letterbox) -> Detections:
         """Raw backend outputs -> Detections in source pixels (empty boxes dropped)."""
-        cands = self.decode(outputs)
+        cands = self.decode(outputs, lb)
         boxes = unletterbox_boxes(cands.boxes, lb)
         visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return Detections(
@@ -140,10 +151,23 @@ class Detector:
         return self.postprocess(self.backend.infer(tensor), lb)
 
     def warm_up(self) -> Detections:
-        """One inference on a blank input image: proves the backend runs (BackendError if not)."""
+        """One inference on a blank input image: proves the backend runs (BackendError if not).
+
+        With rectangular inference the blank is 4:3, so the graph must prove it runs (and
+        gives as many rows as the decoder's grid) at a non-square size too.
+        """
         inp = self._input
-        blank = np.full((inp.height, inp.width, 3), inp.pad_value, np.uint8)
-        return self.detect_image(blank)
+        height = inp.height * 3 // 4 if self.rect_multiple is not None else inp.height
+        blank = np.full((height, inp.width, 3), inp.pad_value, np.uint8)
+        try:
+            return self.detect_image(blank)
+        except (BackendError, ValueError) as exc:  # ValueError: the decoder's row count
+            if self.rect_multiple is None:
+                raise
+            raise BackendError(
+                f"model {self.model.manifest.name} sets input.rect, but its graph does not "
+                f"run at {inp.width}x{height} input: {exc}"
+            ) from exc
 
     def close(self) -> None:
         self.backend.close()

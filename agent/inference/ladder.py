@@ -114,6 +114,12 @@ class DegradingBackend:
     def input_name(self) -> str:
         return self._input_name
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        """Always False: rungs may differ (a TensorRT engine has a fixed size) and the
+        ladder may move between them mid-stream, so it keeps the manifest's size."""
+        return False
+
     def infer(self, tensor: Tensor) -> Outputs:
         with self._lock:
             if self._closed:

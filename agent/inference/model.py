@@ -69,6 +69,13 @@ class InputSpec(_Strict):
         description="Where the resized image sits in the input: YOLOX trains with it top-left, "
         "Ultralytics centres it.",
     )
+    rect: bool = Field(
+        default=False,
+        description="Rectangular inference: pad the resized image only to a multiple of the "
+        "largest stride (416x320 for a 4:3 camera instead of 416x416), on backends that "
+        "accept a dynamic input size (ONNX Runtime). Only for fully convolutional graphs; "
+        "the agent proves the graph runs at a non-square size when it loads the model.",
+    )
 
 
 class GoldenDetection(_Strict):

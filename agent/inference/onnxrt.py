@@ -19,6 +19,7 @@ import onnxruntime as ort
 from agent.config.inference import OnnxRuntimeBackendConfig
 from agent.inference.errors import BackendError
 from agent.inference.model import ModelFolder, ModelIO, check_io, session_io
+from agent.inference.onnx_shapes import with_dynamic_spatial_input
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,11 @@ class OnnxRuntimeBackend:
         onnx_path: str | Path,
         providers: Sequence[str] = (CPU_PROVIDER,),
         intra_op_threads: int = 1,
+        *,
+        dynamic_spatial: bool = False,
     ) -> None:
+        """`dynamic_spatial`: load the graph with its input H and W made symbolic
+        (`agent.inference.onnx_shapes`), for rectangular inference."""
         self._path = Path(onnx_path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
@@ -59,14 +64,19 @@ class OnnxRuntimeBackend:
         opts.log_severity_level = 3
         chosen = select_providers(providers, ort.get_available_providers())
         try:
+            source: str | bytes = str(self._path)
+            if dynamic_spatial:
+                source = with_dynamic_spatial_input(self._path.read_bytes())
             self._session: ort.InferenceSession | None = ort.InferenceSession(
-                str(self._path), sess_options=opts, providers=chosen
+                source, sess_options=opts, providers=chosen
             )
         except Exception as exc:  # ORT raises Fail / InvalidProtobuf / RuntimeError ...
             msg = f"onnxruntime cannot create a session for {self._path}: {exc}"
             raise BackendError(msg) from exc
         session = self._session
         self._input_name: str = session.get_inputs()[0].name
+        spatial = session.get_inputs()[0].shape[2:]
+        self._dynamic_spatial = not any(isinstance(d, int) for d in spatial)
         self.providers: list[str] = list(session.get_providers())
         self._name = f"onnxruntime:{self.providers[0]}"
         self.io: ModelIO = session_io(session)
@@ -85,6 +95,10 @@ class OnnxRuntimeBackend:
     def input_name(self) -> str:
         return self._input_name
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        return self._dynamic_spatial
+
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         if self._session is None:
             raise BackendError(f"{self._name}: session is closed")
@@ -100,7 +114,12 @@ class OnnxRuntimeBackend:
 
 def create_backend(cfg: OnnxRuntimeBackendConfig, model: ModelFolder) -> OnnxRuntimeBackend:
     """A backend for `model` as configured, its tensors checked against the manifest."""
-    backend = OnnxRuntimeBackend(model.onnx_path, cfg.providers, cfg.intra_op_threads)
+    backend = OnnxRuntimeBackend(
+        model.onnx_path,
+        cfg.providers,
+        cfg.intra_op_threads,
+        dynamic_spatial=model.manifest.input.rect,
+    )
     try:
         manifest = model.manifest
         check_io(backend.io, manifest, f"model {manifest.name}@{manifest.version}")

@@ -53,14 +53,29 @@ class Letterbox:
 
 
 def compute_letterbox(
-    src_w: int, src_h: int, dst_w: int, dst_h: int, mode: PadMode = "top_left"
+    src_w: int,
+    src_h: int,
+    dst_w: int,
+    dst_h: int,
+    mode: PadMode = "top_left",
+    *,
+    multiple: int | None = None,
 ) -> Letterbox:
-    """Letterbox geometry; `mode` places the image top-left (YOLOX) or centred (YOLOv8)."""
+    """Letterbox geometry; `mode` places the image top-left (YOLOX) or centred (YOLOv8).
+
+    `multiple` (rectangular inference): the input shrinks to the resized image rounded up
+    to that multiple, e.g. 768x576 into 416x416 with 32 gives a 416x320 input, not 416x416.
+    """
     if min(src_w, src_h, dst_w, dst_h) <= 0:
         raise ValueError(f"sizes must be positive: src {src_w}x{src_h}, dst {dst_w}x{dst_h}")
+    if multiple is not None and (multiple <= 0 or dst_w % multiple or dst_h % multiple):
+        raise ValueError(f"input {dst_w}x{dst_h} is not a multiple of {multiple}")
     scale = min(dst_w / src_w, dst_h / src_h)
     new_w = min(dst_w, max(1, round(src_w * scale)))
     new_h = min(dst_h, max(1, round(src_h * scale)))
+    if multiple is not None:
+        dst_w = -(-new_w // multiple) * multiple
+        dst_h = -(-new_h // multiple) * multiple
     if mode == "center":
         pad_x, pad_y = (dst_w - new_w) // 2, (dst_h - new_h) // 2
     else:

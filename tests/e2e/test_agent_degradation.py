@@ -35,6 +35,7 @@ class FaultyGpu:
     def __init__(self, model: ModelFolder, fail_after: int, mode: str, release: threading.Event):
         self._inner = OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1)
         self.input_name = self._inner.input_name
+        self.dynamic_spatial = self._inner.dynamic_spatial
         self._calls = 0
         self._fail_after = fail_after
         self._mode = mode

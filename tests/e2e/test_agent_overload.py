@@ -25,6 +25,7 @@ class SlowBackend:
     def __init__(self, model: ModelFolder, delay_s: float) -> None:
         self._inner = OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1)
         self.input_name = self._inner.input_name
+        self.dynamic_spatial = self._inner.dynamic_spatial
         self._delay = threading.Event()
         self._delay_s = delay_s
 

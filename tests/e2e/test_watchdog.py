@@ -49,6 +49,7 @@ class HangingBackend:
     def __init__(self, model: ModelFolder, hang: threading.Event, release: threading.Event):
         self._inner = OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1)
         self.input_name = self._inner.input_name
+        self.dynamic_spatial = self._inner.dynamic_spatial
         self._hang, self._release = hang, release
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:

@@ -82,18 +82,21 @@ def ref_decode(
     raw: np.ndarray,
     ratios: tuple[float, float],
     img_size: tuple[int, int],
+    *,
     score_thr: float = 0.3,
     nms_thr: float = 0.45,
+    input_wh: tuple[int, int] = (416, 416),
 ) -> list[tuple[list[float], float, int]]:
     """YOLOX grid decode in float64, class-aware greedy NMS, back to image pixels.
 
-    ratios: the resize's (x, y) ratios, input pixels per image pixel; img_size: (w, h).
+    ratios: the resize's (x, y) ratios, input pixels per image pixel; img_size: (w, h);
+    input_wh: the network input the raw output was made from.
     """
     pred = raw[0].astype(np.float64)
     cells = []
     for stride in (8, 16, 32):
-        n = 416 // stride
-        cells += [(x, y, stride) for y in range(n) for x in range(n)]
+        nw, nh = input_wh[0] // stride, input_wh[1] // stride
+        cells += [(x, y, stride) for y in range(nh) for x in range(nw)]
     grid = np.array(cells, dtype=np.float64)
     cx = (pred[:, 0] + grid[:, 0]) * grid[:, 2]
     cy = (pred[:, 1] + grid[:, 1]) * grid[:, 2]
@@ -227,7 +230,9 @@ def test_decode_matches_reference_on_the_same_raw_output(detector: Detector, ass
     # when both decode it
     ours = detector.postprocess(raw, lb)
     h, w = img.shape[:2]
-    ref = ref_decode(raw[0], (lb.new_w / w, lb.new_h / h), (w, h))  # the resize's true ratios
+    assert tensor.shape == (1, 3, 288, 416)  # rectangular inference: 640x424 -> 416x276
+    ratios = (lb.new_w / w, lb.new_h / h)  # the resize's true ratios
+    ref = ref_decode(raw[0], ratios, (w, h), input_wh=(lb.dst_w, lb.dst_h))
     # then they keep the same detections with the same scores and near-identical boxes
     assert len(ours) == len(ref)
     np.testing.assert_allclose(ours.scores, [s for _, s, _ in ref], rtol=1e-5)

@@ -55,6 +55,10 @@ class FaultyAccelerator:
     def input_name(self) -> str:
         return self._inner.input_name
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        return self._inner.dynamic_spatial
+
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         if self._state["mode"] == "raise":
             raise BackendError("fake:gpu: CUDA error: an illegal memory access was encountered")

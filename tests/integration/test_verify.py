@@ -40,6 +40,10 @@ class PerturbedBackend:
     def input_name(self) -> str:
         return self.inner.input_name
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        return self.inner.dynamic_spatial
+
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         outputs = self.inner.infer(tensor)
         out = np.array(outputs[0], dtype=np.float32)

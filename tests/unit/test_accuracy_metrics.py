@@ -13,10 +13,10 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="pycocotools is a bench-only dependency (extra: bench)")
 pytest.importorskip("motmetrics", reason="py-motmetrics is a bench-only dependency (extra: bench)")
 
-from agent.config.inference import TrackerConfig
+from agent.config.inference import OnnxRuntimeBackendConfig, TrackerConfig
 from agent.inference.detector import Detector, load_image
 from agent.inference.model import load_model_folder
-from agent.inference.onnxrt import OnnxRuntimeBackend
+from agent.inference.onnxrt import create_backend
 from agent.tracking.bytetrack import ByteTracker
 from agent.types import Detections
 from bench import accuracy
@@ -143,7 +143,8 @@ def test_cli_scores_the_agent_detector_one_on_labels_made_from_its_own_output(
     # given: YOLO labels written from the detector's detections >= 0.3 on three real images
     model_dir = make_model_dir(tmp_path / "models", assets)
     model = load_model_folder(model_dir)
-    det = Detector(model, OnnxRuntimeBackend(model.onnx_path), score_threshold=0.3)
+    backend = create_backend(OnnxRuntimeBackendConfig(type="onnxruntime"), model)
+    det = Detector(model, backend, score_threshold=0.3)  # as the CLI builds it (rect input)
     root = tmp_path / "set"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()

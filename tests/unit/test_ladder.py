@@ -68,6 +68,10 @@ class FakeBackend:
     def input_name(self) -> str:
         return "images"
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        return False
+
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         rung = self._rung
         rung.infer_threads.append(threading.current_thread().name)

@@ -146,3 +146,22 @@ def test_reused_reformatter_gives_the_same_pixels_as_a_fresh_one() -> None:
         fresh = letterbox_frame(frame, lb)
         reused = letterbox_frame(frame, lb, reformatter=reformatter)
         np.testing.assert_array_equal(fresh, reused)
+
+
+def test_rect_letterbox_pads_only_to_the_stride_multiple() -> None:
+    lb = compute_letterbox(768, 576, 416, 416, multiple=32)
+    assert (lb.new_w, lb.new_h, lb.dst_w, lb.dst_h) == (416, 312, 416, 320)
+    assert (lb.pad_x, lb.pad_y) == (0, 0)
+    portrait = compute_letterbox(480, 640, 416, 416, mode="center", multiple=32)
+    assert (portrait.new_w, portrait.new_h) == (312, 416)
+    assert (portrait.dst_w, portrait.dst_h, portrait.pad_x, portrait.pad_y) == (320, 416, 4, 0)
+    square = compute_letterbox(100, 100, 416, 416, multiple=32)
+    assert (square.dst_w, square.dst_h) == (416, 416)
+    # boxes map back exactly as with a square input
+    boxes = np.array([[10.0, 20.0, 700.0, 560.0]], np.float32)
+    np.testing.assert_allclose(unletterbox_boxes(letterbox_boxes(boxes, lb), lb), boxes, atol=1e-3)
+
+
+def test_rect_letterbox_rejects_a_multiple_the_input_does_not_divide() -> None:
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        compute_letterbox(768, 576, 400, 416, multiple=32)

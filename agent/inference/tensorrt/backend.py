@@ -167,6 +167,11 @@ class TensorRTBackend:
     def input_name(self) -> str:
         return self._input.name
 
+    @property
+    def dynamic_spatial(self) -> bool:
+        """False: engines are built for the manifest's input size (see engines.py)."""
+        return False
+
     def _check_thread(self) -> None:
         if self._closed:
             raise BackendError(f"{self._name}: backend is closed")
