@@ -114,6 +114,7 @@ class Agent:
             ladders=self._ladders,
             system_events=self.system_events,
         )
+        self._warm = False
         self.supervisor = self._make_supervisor()
         self.ota = self._make_ota()
 
@@ -142,7 +143,8 @@ class Agent:
         released by reference counting once the last in-flight frame finishes.
         """
         detectors = self._make_detectors(model)
-        detectors[0].warm_up()
+        for det in detectors:
+            det.warm_up()
         with self._swap_lock:
             relabel = tuple(model.manifest.labels) != tuple(self.model.manifest.labels)
             for worker, det in zip(self.workers, detectors, strict=True):
@@ -337,12 +339,24 @@ class Agent:
         processed = sum(lane.frames_processed for lane in self.lanes.values())
         return f"cameras {states}; frames {processed}; events {self.dispatcher.emitted}"
 
+    def warm_up(self) -> None:
+        """One inference on every worker's session (idempotent; `start` calls it).
+
+        Proves each session runs before any camera opens, and the first frames then meet
+        warm sessions (a session's first run plans its memory: several times a normal one).
+        """
+        if self._warm:
+            return
+        for det in self.detectors:
+            det.warm_up()
+        self._warm = True
+
     def start(self) -> None:
         self._started = time.monotonic()
         if self.metrics is not None:
             self.metrics.start()  # a busy port fails the start before any camera opens
         # READY semantics: the first inference must succeed before any camera opens.
-        self.detectors[0].warm_up()
+        self.warm_up()
         if self.publisher is not None:
             self.publisher.start()
         for worker in self.workers:

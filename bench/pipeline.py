@@ -94,6 +94,7 @@ def end_to_end(
     for r in range(repeats):
         cfg = agent_config(video, work / f"e2e-w{workers}-{r}", workers=workers)
         agent = Agent(cfg, max_frames=limit)
+        agent.warm_up()  # sessions warm before the clock starts, as in the stage rig
         with CpuMeter() as meter:
             agent.start()
             agent.wait(poll_s=0.02)

@@ -67,6 +67,9 @@ class OnnxRuntimeBackend:
             source: str | bytes = str(self._path)
             if dynamic_spatial:
                 source = with_dynamic_spatial_input(self._path.read_bytes())
+                # loaded from bytes: external weight files are looked up next to the model
+                folder = "session.model_external_initializers_file_folder_path"
+                opts.add_session_config_entry(folder, str(self._path.parent))
             self._session: ort.InferenceSession | None = ort.InferenceSession(
                 source, sess_options=opts, providers=chosen
             )

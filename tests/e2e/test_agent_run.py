@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from agent.app import Agent
-from agent.config import load_config
+from agent.config import OnnxRuntimeBackendConfig, load_config
+from agent.inference.errors import BackendError
+from agent.inference.onnxrt import create_backend
 from tests.agent_helpers import agent_argv, agent_config, agent_env, read_events, run_agent
 
 VTEST_FRAMES = 795
@@ -204,3 +206,56 @@ def test_sigterm_while_a_camera_is_still_connecting(tmp_path: Path, assets: Path
     assert elapsed < 5
     assert "state=reconnecting" not in "".join(out.lines)
     assert "hunter2" not in "".join(out.lines)
+
+
+class CountingBackend:
+    """The real ONNX Runtime backend, counting runs; `broken` ones fail every run."""
+
+    def __init__(self, model: Any, broken: bool) -> None:
+        self._inner = create_backend(OnnxRuntimeBackendConfig(type="onnxruntime"), model)
+        self.name, self.input_name = self._inner.name, self._inner.input_name
+        self.dynamic_spatial = self._inner.dynamic_spatial
+        self.broken = broken
+        self.runs = 0
+
+    def infer(self, tensor: Any) -> list[Any]:
+        self.runs += 1
+        if self.broken:
+            raise BackendError("session 2 is broken")
+        return self._inner.infer(tensor)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_every_workers_session_is_warmed_before_any_camera_opens(
+    tmp_path: Path, assets: Path
+) -> None:
+    backend = {"type": "onnxruntime", "workers": 2}
+    cfg = load_config(agent_config(tmp_path, assets, extra={"backend": backend}))
+    made: list[CountingBackend] = []
+    broken = {"infer-1"}
+
+    def backends(model: Any, label: str) -> CountingBackend:
+        made.append(CountingBackend(model, broken=label in broken))
+        return made[-1]
+
+    # given two workers, the second one's session broken
+    agent = Agent(cfg, backends=backends)
+    try:
+        # then start fails on it before any camera thread runs, naming the fault
+        with pytest.raises(BackendError, match="session 2 is broken"):
+            agent.start()
+        assert [b.runs for b in made] == [1, 1]
+        assert not any(camera.is_alive() for camera in agent.cameras)
+    finally:
+        agent.close()
+    # and with healthy sessions each runs once in warm_up, once only (start reuses it)
+    made.clear()
+    healthy = Agent(
+        cfg, backends=lambda m, _label: made.append(CountingBackend(m, False)) or made[-1]
+    )
+    healthy.warm_up()
+    healthy.warm_up()
+    assert [b.runs for b in made] == [1, 1]
+    healthy.close()
