@@ -6,6 +6,7 @@ import collections
 import threading
 
 import numpy as np
+import numpy.typing as npt
 
 
 class LatencyWindow:
@@ -21,6 +22,16 @@ class LatencyWindow:
             self._samples.append(seconds)
             self.count += 1
 
+    def clear(self) -> None:
+        """Forget the samples (the count of all samples ever added stays)."""
+        with self._lock:
+            self._samples.clear()
+
+    def samples_s(self) -> npt.NDArray[np.float64]:
+        """A copy of the samples in the window, oldest first, in seconds."""
+        with self._lock:
+            return np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
+
     def mean_s(self) -> float | None:
         """Mean of the window in seconds (None when empty)."""
         with self._lock:
@@ -28,8 +39,7 @@ class LatencyWindow:
             return sum(self._samples) / n if n else None
 
     def percentiles_ms(self, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
-        with self._lock:
-            data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
+        data = self.samples_s()
         if data.size == 0:
             return {f"p{q:g}": None for q in qs}
         values = np.percentile(data * 1000.0, qs)

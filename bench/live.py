@@ -4,8 +4,8 @@ N cameras play the same file at its native rate (`pace: true, loop: true`), like
 cameras; after a warm-up, one window is measured from the agent's own summary: frames
 dropped at the hub's one-slot mailboxes against frames decoded, the share of the paced
 rate actually delivered (a CPU-starved decoder falls behind without dropping), and the
-frame and event latency percentiles. A doubling search finds the first N that is not
-sustained, then bisection narrows it.
+frame and event latency percentiles of the window's frames (warm-up samples dropped).
+A doubling search finds the first N that is not sustained, then bisection narrows it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 
 from agent.app import Agent
-from agent.health.report import RunSummary
 from bench.common import CpuMeter, agent_config, cores, largest_passing, median, progress, rnd
 
 DROP_LIMIT = 0.01
@@ -24,14 +24,27 @@ RATE_LIMIT = 0.97
 """A paced camera must also deliver this share of its frames (a starved decoder drops none)."""
 
 
-def _latency(summary: RunSummary, key: str) -> dict[str, float | None]:
-    """p50: median over cameras of their p50; p99: the worst camera's p99."""
-    p50 = [c[key]["p50"] for c in summary.cameras.values() if c[key]["p50"] is not None]
-    p99 = [c[key]["p99"] for c in summary.cameras.values() if c[key]["p99"] is not None]
-    return {"p50": rnd(median(p50), 1) if p50 else None, "p99": rnd(max(p99), 1) if p99 else None}
+def _latency(agent: Agent, key: str) -> dict[str, float | None]:
+    """Over the measured window only (the windows are cleared when it starts).
+
+    p99: over every frame of every camera (the usual p99); p99_worst_camera: the worst
+    camera's own p99 (with ~200 frames per camera in 20 s, about its 2nd-worst frame);
+    p50: the median over cameras of their p50.
+    """
+    windows = [getattr(lane, key) for lane in agent.lanes.values()]
+    per_camera = [w.samples_s() * 1000.0 for w in windows]
+    per_camera = [s for s in per_camera if s.size]
+    if not per_camera:
+        return {"p50": None, "p99": None, "p99_worst_camera": None}
+    every = np.concatenate(per_camera)
+    return {
+        "p50": rnd(median([float(np.percentile(s, 50)) for s in per_camera]), 1),
+        "p99": rnd(float(np.percentile(every, 99)), 1),
+        "p99_worst_camera": rnd(max(float(np.percentile(s, 99)) for s in per_camera), 1),
+    }
 
 
-def _totals(summary: RunSummary) -> dict[str, int]:
+def _totals(summary: Any) -> dict[str, int]:
     keys = ("frames_decoded", "frames_dropped", "frames_processed")
     return {k: sum(int(c[k]) for c in summary.cameras.values()) for k in keys}
 
@@ -44,10 +57,14 @@ def live_trial(
     agent.start()
     agent.stop_event.wait(warmup_s)
     before = _totals(agent.summary())
+    for lane in agent.lanes.values():  # latency over the window only, not the warm-up
+        lane.frame_latency.clear()
+        lane.event_latency.clear()
     with CpuMeter() as meter:
         agent.stop_event.wait(window_s)
     after_summary = agent.summary()
     after = _totals(after_summary)
+    latency = {k: _latency(agent, k) for k in ("frame_latency", "event_latency")}
     agent.close()
     delta = {k: after[k] - before[k] for k in after}
     decoded = max(1, delta["frames_decoded"])
@@ -60,8 +77,8 @@ def live_trial(
         "drop_fraction": round(drop, 5),
         "delivered_share": round(rate_share, 4),
         "sustained": drop < DROP_LIMIT and rate_share >= RATE_LIMIT and not failed,
-        "frame_latency_ms": _latency(after_summary, "frame_latency_ms"),
-        "event_latency_ms": _latency(after_summary, "event_latency_ms"),
+        "frame_latency_ms": latency["frame_latency"],
+        "event_latency_ms": latency["event_latency"],
         "events": after_summary.events,
         "cpu_utilisation": round(meter.result.cpu_s / (meter.result.wall_s * cores()), 3),
         "background_cores": rnd(meter.result.background_cores, 2),

@@ -261,17 +261,23 @@ def _peers_md(peers: dict[str, Any]) -> str:
 
 def _streams_md(streams: dict[str, Any], plots: dict[str, str]) -> str:
     parts = ["### Streams per device (`bench/streams.py`)\n",
-             "Sustained: drops < 1 %, >= 97 % of the paced rate delivered, worst camera's frame "
-             "latency p99 < 100 ms (3 s warm-up, 20 s window; 2 workers)."]  # fmt: skip
+             "Sustained: drops < 1 %, >= 97 % of the paced rate delivered, frame latency p99 "
+             "< 100 ms over every frame of the 20 s window (3 s warm-up excluded; 2 workers). "
+             "All cameras start in the same instant, so N frames arrive together every frame "
+             "period (phase-locked: a pessimistic case). The worst single camera's p99 is shown "
+             "beside it: with ~200 frames per camera it is about that camera's 2nd-worst frame, "
+             "a noisy statistic."]  # fmt: skip
     for key, res in streams["inputs"].items():
         rows = [
             [t["cameras"], _f(100 * t["drop_fraction"], 2), _f(100 * t["delivered_share"]),
              _f(t["frame_latency_ms"]["p50"]), _f(t["frame_latency_ms"]["p99"]),
+             _f(t["frame_latency_ms"].get("p99_worst_camera")),
              _f(t["background_cores"], 2), "yes" if t["sustained"] else "no"]
             for t in res["trials"]
         ]  # fmt: skip
         parts.append(f"\n**{key}**: {_streams_text(res)}\n")
-        heads = ["streams", "drop %", "delivered %", "p50 ms", "p99 ms", "bg cores", "sustained"]
+        heads = ["streams", "drop %", "delivered %", "p50 ms", "p99 ms", "worst camera p99 ms"]
+        heads += ["bg cores", "sustained"]
         parts.append(_md_table(heads, rows))
         prof = res.get("latency_profile")
         if prof:

@@ -9,7 +9,8 @@ Two inputs, each played as N paced, looped live cameras by the real agent (2 wor
 
 A count N is sustained when, over the measured window, under 1 % of decoded frames were
 dropped, at least 97 % of the paced rate was delivered (both from `bench/live.py`), and
-the worst camera's frame latency p99 (decode to rules done) is under 100 ms. The search
+the frame latency p99 (decode to rules done, over every frame of every camera in the
+window) is under 100 ms; the worst single camera's p99 is reported beside it. The search
 doubles N until a count fails, then bisects; a count that fails while other processes kept
 over 0.5 cores busy (shared machines) is tried once more. At the largest sustained N one
 more run records each camera's latency quantiles (the distribution in docs/bench/).
@@ -143,7 +144,7 @@ def latency_profile(
     agent.start()
     agent.stop_event.wait(warmup_s)
     for lane in agent.lanes.values():  # forget the warm-up samples
-        lane.frame_latency = type(lane.frame_latency)()
+        lane.frame_latency.clear()
     with CpuMeter() as meter:
         agent.stop_event.wait(window_s)
     per_camera = {
@@ -200,13 +201,15 @@ def report(fig: dict[str, Any]) -> str:
                 fmt(100 * t["delivered_share"]),
                 fmt(t["frame_latency_ms"]["p50"]),
                 fmt(t["frame_latency_ms"]["p99"]),
+                fmt(t["frame_latency_ms"].get("p99_worst_camera")),
                 fmt(t["cpu_utilisation"], 2),
                 fmt(t["background_cores"], 2),
                 "yes" if t["sustained"] else "no",
             ]
             for t in res["trials"]
         ]
-        head = ["streams", "drop %", "delivered %", "p50 ms", "p99 ms", "CPU", "bg", "sustained"]
+        head = ["streams", "drop %", "delivered %", "p50 ms", "p99 ms", "worst cam p99", "CPU"]
+        head += ["bg", "sustained"]
         out.append(table(headline(res), head, rows))
     return "\n".join(out)
 
