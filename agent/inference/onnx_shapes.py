@@ -16,16 +16,17 @@ Nothing else in the file changes (weights, nodes, metadata are copied byte for b
 Whether the graph really is size-agnostic (no Reshape to a fixed spatial size) is proved
 by running it at a non-square size: `Detector.warm_up` does that.
 
-Only the protobuf wire format is needed: ModelProto.graph (7) -> GraphProto.input (11),
-output (12), value_info (13), initializer (5) -> ValueInfoProto.type (2) ->
-TypeProto.tensor_type (1) -> shape (2) -> dim (1) -> dim_value (1) | dim_param (2).
+Only the protobuf wire format is needed (`agent.inference.onnx_wire`):
+ModelProto.graph (7) -> GraphProto.input (11), output (12), value_info (13), initializer (5)
+-> ValueInfoProto.type (2) -> TypeProto.tensor_type (1) -> shape (2) -> dim (1) ->
+dim_value (1) | dim_param (2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+from agent.inference.onnx_wire import LEN, WireError, fields, len_field, spans, sub, text_field
 
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_VALUE_INFO = 5, 11, 12, 13
@@ -41,97 +42,28 @@ class OnnxFormatError(ValueError):
     """The bytes are not an ONNX model this module can rewrite."""
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise OnnxFormatError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise OnnxFormatError("varint longer than 64 bits")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
-    """(field number, wire type, the whole encoded field, its payload) of one message."""
-    pos = 0
-    while pos < len(data):
-        start = pos
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            _, pos = _read_varint(data, pos)
-            payload = b""
-        elif wire == _I64:
-            pos += 8
-            payload = b""
-        elif wire == _I32:
-            pos += 4
-            payload = b""
-        elif wire == _LEN:
-            length, pos = _read_varint(data, pos)
-            payload = data[pos : pos + length]
-            pos += length
-        else:
-            raise OnnxFormatError(f"unsupported protobuf wire type {wire} (field {number})")
-        if pos > len(data):
-            raise OnnxFormatError(f"field {number} runs past the end of its message")
-        yield number, wire, data[start:pos], payload
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
-
-
 def _rewrite(data: bytes, edits: dict[int, Callable[[bytes], bytes | None]]) -> bytes:
     """Re-encode a message, passing each length-delimited field named in `edits` through
     its function (None drops the field); everything else is copied as it is."""
+    buf = memoryview(data)
     out = bytearray()
-    for number, wire, whole, payload in _fields(data):
-        edit = edits.get(number) if wire == _LEN else None
-        if edit is None:
-            out += whole
+    for number, wire, value, start, end in spans(buf):
+        edit = edits.get(number) if wire == LEN else None
+        if edit is None or not isinstance(value, memoryview):
+            out += buf[start:end]
             continue
-        new = edit(payload)
+        new = edit(bytes(value))
         if new is not None:
-            out += _len_field(number, new)
+            out += len_field(number, new)
     return bytes(out)
-
-
-def _string_field(data: bytes, number: int) -> str | None:
-    for n, wire, _whole, payload in _fields(data):
-        if n == number and wire == _LEN:
-            return payload.decode("utf-8", errors="replace")
-    return None
 
 
 def _shape_dims(value_info: bytes) -> list[bytes]:
     """The encoded Dimension messages of a tensor ValueInfoProto (empty if it has none)."""
-    for n, _w, _whole, type_proto in _fields(value_info):
-        if n != _VALUE_INFO_TYPE:
-            continue
-        for n2, _w2, _whole2, tensor in _fields(type_proto):
-            if n2 != _TYPE_TENSOR:
-                continue
-            for n3, _w3, _whole3, shape in _fields(tensor):
-                if n3 == _TENSOR_TYPE_SHAPE:
-                    return [p for n4, _w4, _wh, p in _fields(shape) if n4 == _SHAPE_DIM]
+    for type_proto in sub(memoryview(value_info), _VALUE_INFO_TYPE):
+        for tensor in sub(type_proto, _TYPE_TENSOR):
+            for shape in sub(tensor, _TENSOR_TYPE_SHAPE):
+                return [bytes(dim) for dim in sub(shape, _SHAPE_DIM)]
     return []
 
 
@@ -139,14 +71,15 @@ def _with_dims(value_info: bytes, rename: Callable[[int, bytes], bytes]) -> byte
     """The ValueInfoProto with each Dimension passed through rename(index, dim)."""
 
     def shape(payload: bytes) -> bytes:
+        buf = memoryview(payload)
         out = bytearray()
         index = 0
-        for n, wire, whole, dim in _fields(payload):
-            if n == _SHAPE_DIM and wire == _LEN:
-                out += _len_field(n, rename(index, dim))
+        for number, wire, value, start, end in spans(buf):
+            if number == _SHAPE_DIM and wire == LEN and isinstance(value, memoryview):
+                out += len_field(number, rename(index, bytes(value)))
                 index += 1
             else:
-                out += whole
+                out += buf[start:end]
         return bytes(out)
 
     def tensor(payload: bytes) -> bytes:
@@ -159,11 +92,11 @@ def _with_dims(value_info: bytes, rename: Callable[[int, bytes], bytes]) -> byte
 
 
 def _fixed(dim: bytes) -> bool:
-    return any(n == _DIM_VALUE for n, *_ in _fields(dim))
+    return any(number == _DIM_VALUE for number, _wire, _value in fields(memoryview(dim)))
 
 
 def _symbolic(name: str) -> bytes:
-    return _len_field(_DIM_PARAM, name.encode())
+    return len_field(_DIM_PARAM, name.encode())
 
 
 def with_dynamic_spatial_input(model: bytes) -> bytes:
@@ -171,18 +104,21 @@ def with_dynamic_spatial_input(model: bytes) -> bytes:
 
     Raises OnnxFormatError when the bytes do not parse or no rank-4 input is found.
     """
-    graphs = [p for n, w, _whole, p in _fields(model) if n == _MODEL_GRAPH and w == _LEN]
+    try:
+        return _with_dynamic_spatial_input(model)
+    except WireError as exc:
+        raise OnnxFormatError(f"not a readable ONNX model ({exc})") from exc
+
+
+def _with_dynamic_spatial_input(model: bytes) -> bytes:
+    graphs = list(sub(memoryview(model), _MODEL_GRAPH))
     if len(graphs) != 1:
         raise OnnxFormatError("not an ONNX model (no graph)")
-    initializers = {
-        _string_field(p, _TENSOR_NAME)
-        for n, w, _whole, p in _fields(graphs[0])
-        if n == _GRAPH_INITIALIZER and w == _LEN
-    }
+    initializers = {text_field(init, _TENSOR_NAME) for init in sub(graphs[0], _GRAPH_INITIALIZER)}
     patched: list[str] = []
 
     def graph_input(payload: bytes) -> bytes:
-        name = _string_field(payload, _VALUE_INFO_NAME)
+        name = text_field(memoryview(payload), _VALUE_INFO_NAME)
         if name in initializers or len(_shape_dims(payload)) != 4:
             return payload
         patched.append(name or "?")
@@ -193,7 +129,7 @@ def with_dynamic_spatial_input(model: bytes) -> bytes:
         )
 
     def graph_output(payload: bytes) -> bytes:
-        name = _string_field(payload, _VALUE_INFO_NAME) or "out"
+        name = text_field(memoryview(payload), _VALUE_INFO_NAME) or "out"
         return _with_dims(
             payload, lambda i, dim: _symbolic(f"{name}_d{i}") if i > 0 and _fixed(dim) else dim
         )

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.inference import onnx_shapes
 from agent.inference.onnx_shapes import OnnxFormatError, with_dynamic_spatial_input
+from agent.inference.onnx_wire import encode_varint, len_field, sub
 
 
 def _session(model: bytes | str) -> ort.InferenceSession:
@@ -45,21 +45,21 @@ def test_garbage_and_truncated_bytes_are_refused(assets: Path) -> None:
 
 
 def _value_info(name: str, dims: list[int]) -> bytes:
-    f = onnx_shapes._len_field
-    shape = b"".join(f(1, b"\x08" + onnx_shapes._varint(d)) for d in dims)
+    f = len_field
+    shape = b"".join(f(1, b"\x08" + encode_varint(d)) for d in dims)
     tensor = b"\x08\x01" + f(2, shape)  # elem_type FLOAT, shape
     return f(1, name.encode()) + f(2, f(1, tensor))
 
 
 def test_a_model_without_an_image_input_is_refused() -> None:
-    graph = onnx_shapes._len_field(11, _value_info("x", [1, 4]))
-    model = b"\x08\x07" + onnx_shapes._len_field(7, graph)  # ir_version 7, graph
+    graph = len_field(11, _value_info("x", [1, 4]))
+    model = b"\x08\x07" + len_field(7, graph)  # ir_version 7, graph
     with pytest.raises(OnnxFormatError, match="rank-4"):
         with_dynamic_spatial_input(model)
 
 
 def test_only_the_image_input_changes_not_initializers_listed_as_inputs() -> None:
-    f = onnx_shapes._len_field
+    f = len_field
     weight = f(8, b"w")  # an initializer named "w" (name is field 8)
     graph = (
         f(5, weight)
@@ -68,12 +68,14 @@ def test_only_the_image_input_changes_not_initializers_listed_as_inputs() -> Non
     )
     out = with_dynamic_spatial_input(b"\x08\x07" + f(7, graph))
     assert b"height" in out and b"width" in out
-    dims = [
-        onnx_shapes._shape_dims(p)
-        for n, _w, _wh, p in onnx_shapes._fields(
-            next(p for n, _w, _wh, p in onnx_shapes._fields(out) if n == 7)
-        )
-        if n == 11
-    ]
-    assert len(dims[0]) == 4 and all(b"\x08" in d[:1] for d in dims[0])  # w: all fixed
+    dims = [_dims(v) for graph_ in sub(memoryview(out), 7) for v in sub(graph_, 11)]
+    assert all(d[:1] == b"\x08" for d in dims[0])  # w (an initializer): every dim still fixed
     assert dims[1][2] == b"\x12\x06height" and dims[1][3] == b"\x12\x05width"
+
+
+def _dims(value_info: memoryview) -> list[bytes]:
+    """ValueInfoProto.type (2) -> tensor_type (1) -> shape (2) -> dim (1), encoded."""
+    (type_proto,) = sub(value_info, 2)
+    (tensor,) = sub(type_proto, 1)
+    (shape,) = sub(tensor, 2)
+    return [bytes(d) for d in sub(shape, 1)]
