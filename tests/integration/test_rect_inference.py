@@ -11,7 +11,6 @@ import numpy.typing as npt
 import pytest
 
 from agent.config import OnnxRuntimeBackendConfig
-from agent.config.inference import BackendConfig
 from agent.config.ladder import LadderConfig
 from agent.inference.detector import Detector, load_image
 from agent.inference.errors import BackendError
@@ -140,9 +139,3 @@ def test_a_corrupt_model_file_is_a_clear_backend_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\x08\x07:\xff\xff\xff\x7f")  # a graph field longer than the file
     with pytest.raises(BackendError, match=r"bad\.onnx.*runs past the end"):
         OnnxRuntimeBackend(bad, dynamic_spatial=True)
-
-
-def test_backend_configs_are_unchanged_by_rect() -> None:
-    # rect is the model's property (model.json), not a backend setting
-    assert "rect" not in OnnxRuntimeBackendConfig.model_fields
-    assert all("rect" not in getattr(t, "model_fields", {}) for t in BackendConfig.__args__)
