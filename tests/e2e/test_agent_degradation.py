@@ -23,19 +23,18 @@ from agent.inference.ladder import DegradingBackend, Rung, onnxruntime_rung
 from agent.inference.model import ModelFolder
 from agent.inference.onnxrt import OnnxRuntimeBackend
 from tests.agent_helpers import agent_config, read_events
+from tests.backend_helpers import WrappedBackend
 
 CPU = OnnxRuntimeBackendConfig(type="onnxruntime", providers=["CPUExecutionProvider"])
 
 
-class FaultyGpu:
+class FaultyGpu(WrappedBackend):
     """Real outputs until `fail_after` calls, then raises (or hangs until released)."""
 
     name = "fake-gpu"
 
     def __init__(self, model: ModelFolder, fail_after: int, mode: str, release: threading.Event):
-        self._inner = OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1)
-        self.input_name = self._inner.input_name
-        self.dynamic_spatial = self._inner.dynamic_spatial
+        super().__init__(OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1))
         self._calls = 0
         self._fail_after = fail_after
         self._mode = mode
@@ -47,10 +46,7 @@ class FaultyGpu:
             if self._mode == "hang":
                 self._release.wait()
             raise BackendError("CUDA error: an illegal memory access was encountered")
-        return self._inner.infer(tensor)
-
-    def close(self) -> None:
-        self._inner.close()
+        return self.inner.infer(tensor)
 
 
 def _ladder_factory(

@@ -17,24 +17,20 @@ from agent.config import load_config
 from agent.inference.model import ModelFolder
 from agent.inference.onnxrt import OnnxRuntimeBackend
 from tests.agent_helpers import agent_config
+from tests.backend_helpers import WrappedBackend
 
 
-class SlowBackend:
+class SlowBackend(WrappedBackend):
     name = "slow"
 
     def __init__(self, model: ModelFolder, delay_s: float) -> None:
-        self._inner = OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1)
-        self.input_name = self._inner.input_name
-        self.dynamic_spatial = self._inner.dynamic_spatial
+        super().__init__(OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1))
         self._delay = threading.Event()
         self._delay_s = delay_s
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         self._delay.wait(self._delay_s)
-        return self._inner.infer(tensor)
-
-    def close(self) -> None:
-        self._inner.close()
+        return self.inner.infer(tensor)
 
 
 def test_overload_lowers_every_camera_fairly(tmp_path: Path, assets: Path) -> None:

@@ -20,6 +20,7 @@ from agent.config import OnnxRuntimeBackendConfig, load_config
 from agent.inference.errors import BackendError
 from agent.inference.onnxrt import create_backend
 from tests.agent_helpers import agent_argv, agent_config, agent_env, read_events, run_agent
+from tests.backend_helpers import WrappedBackend
 
 VTEST_FRAMES = 795
 
@@ -208,13 +209,11 @@ def test_sigterm_while_a_camera_is_still_connecting(tmp_path: Path, assets: Path
     assert "hunter2" not in "".join(out.lines)
 
 
-class CountingBackend:
+class CountingBackend(WrappedBackend):
     """The real ONNX Runtime backend, counting runs; `broken` ones fail every run."""
 
     def __init__(self, model: Any, broken: bool) -> None:
-        self._inner = create_backend(OnnxRuntimeBackendConfig(type="onnxruntime"), model)
-        self.name, self.input_name = self._inner.name, self._inner.input_name
-        self.dynamic_spatial = self._inner.dynamic_spatial
+        super().__init__(create_backend(OnnxRuntimeBackendConfig(type="onnxruntime"), model))
         self.broken = broken
         self.runs = 0
 
@@ -222,10 +221,7 @@ class CountingBackend:
         self.runs += 1
         if self.broken:
             raise BackendError("session 2 is broken")
-        return self._inner.infer(tensor)
-
-    def close(self) -> None:
-        self._inner.close()
+        return self.inner.infer(tensor)
 
 
 def test_every_workers_session_is_warmed_before_any_camera_opens(

@@ -17,6 +17,7 @@ from agent.health.sdnotify import Notifier
 from agent.inference.model import ModelFolder
 from agent.inference.onnxrt import OnnxRuntimeBackend
 from tests.agent_helpers import agent_config
+from tests.backend_helpers import WrappedBackend
 
 
 @pytest.fixture
@@ -41,24 +42,19 @@ def _collect(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     return got
 
 
-class HangingBackend:
+class HangingBackend(WrappedBackend):
     """Real outputs, then blocks forever once `hang` is set: a wedged accelerator call."""
 
     name = "hanging"
 
     def __init__(self, model: ModelFolder, hang: threading.Event, release: threading.Event):
-        self._inner = OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1)
-        self.input_name = self._inner.input_name
-        self.dynamic_spatial = self._inner.dynamic_spatial
+        super().__init__(OnnxRuntimeBackend(model.onnx_path, ["CPUExecutionProvider"], 1))
         self._hang, self._release = hang, release
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self._hang.is_set():
             self._release.wait()
-        return self._inner.infer(tensor)
-
-    def close(self) -> None:
-        self._inner.close()
+        return self.inner.infer(tensor)
 
 
 def _agent(tmp_path: Path, assets: Path, path: str, **kw: object) -> Agent:

@@ -32,6 +32,7 @@ from agent.inference.ladder import (
 )
 from agent.inference.model import ModelFolder, load_model_folder
 from agent.inference.onnxrt import OnnxRuntimeBackend
+from tests.backend_helpers import WrappedBackend
 from tests.model_helpers import make_model_dir
 
 PERSON, DOG = 0, 16
@@ -39,35 +40,22 @@ CPU_CFG = OnnxRuntimeBackendConfig(type="onnxruntime")
 CFG = LadderConfig(inference_timeout_s=0.5, failures_to_degrade=2, climb_back_after_s=30)
 
 
-class FaultyAccelerator:
+class FaultyAccelerator(WrappedBackend):
     """A fake GPU rung: delegates to a real CPU session unless told to fail or hang."""
 
+    name = "fake:gpu"
+
     def __init__(self, model: ModelFolder, state: dict[str, str], gate: threading.Event) -> None:
-        self._inner = OnnxRuntimeBackend(model.onnx_path)
+        super().__init__(OnnxRuntimeBackend(model.onnx_path))
         self._state = state
         self._gate = gate
-
-    @property
-    def name(self) -> str:
-        return "fake:gpu"
-
-    @property
-    def input_name(self) -> str:
-        return self._inner.input_name
-
-    @property
-    def dynamic_spatial(self) -> bool:
-        return self._inner.dynamic_spatial
 
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         if self._state["mode"] == "raise":
             raise BackendError("fake:gpu: CUDA error: an illegal memory access was encountered")
         if self._state["mode"] == "hang":
             self._gate.wait(10)
-        return self._inner.infer(tensor)
-
-    def close(self) -> None:
-        self._inner.close()
+        return self.inner.infer(tensor)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from agent.inference.ladder import build_ladder
 from agent.inference.model import ModelFolder, load_model_folder
 from agent.inference.onnxrt import OnnxRuntimeBackend, create_backend
 from agent.types import Detections
+from tests.backend_helpers import WrappedBackend
 from tests.model_helpers import make_model_dir, shipped_manifest
 
 CPU = OnnxRuntimeBackendConfig(type="onnxruntime")
@@ -104,23 +105,16 @@ def test_a_ladder_keeps_the_manifest_size(tmp_path: Path, assets: Path) -> None:
     det.close()
 
 
-class SquareOnly:
+class SquareOnly(WrappedBackend):
     """Claims a dynamic input size but fails off the declared one, as a graph with a fixed
     Reshape does when its input declarations are rewritten."""
 
-    def __init__(self, inner: OnnxRuntimeBackend) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.input_name = inner.input_name
-        self.dynamic_spatial = True
+    dynamic_spatial = True
 
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         if tensor.shape[2] != tensor.shape[3]:
             raise BackendError(f"Reshape: input {tensor.shape} does not fit the fixed shape")
-        return self._inner.infer(tensor)
-
-    def close(self) -> None:
-        self._inner.close()
+        return self.inner.infer(tensor)
 
 
 def test_a_rect_manifest_on_a_graph_that_needs_its_size_fails_at_warm_up(

@@ -19,39 +19,27 @@ from agent.inference.model import ModelFolder, load_model_folder
 from agent.inference.onnxrt import OnnxRuntimeBackend
 from agent.inference.tensorrt.cli_ops import verification_inputs, verify_cmd
 from agent.inference.verify import tolerance_for, verify_backend
+from tests.backend_helpers import WrappedBackend
 from tests.model_helpers import make_model_dir
 
 
-class PerturbedBackend:
+class PerturbedBackend(WrappedBackend):
     """A Backend (our protocol) that returns a real backend's outputs, one element shifted."""
+
+    name = "perturbed"
 
     def __init__(
         self, inner: OnnxRuntimeBackend, delta: float, at: tuple[int, ...] = (0, 7, 4)
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.delta = delta
         self.at = at
-
-    @property
-    def name(self) -> str:
-        return "perturbed"
-
-    @property
-    def input_name(self) -> str:
-        return self.inner.input_name
-
-    @property
-    def dynamic_spatial(self) -> bool:
-        return self.inner.dynamic_spatial
 
     def infer(self, tensor: npt.NDArray[np.float32]) -> list[npt.NDArray[np.generic]]:
         outputs = self.inner.infer(tensor)
         out = np.array(outputs[0], dtype=np.float32)
         out[self.at] += self.delta
         return [out, *outputs[1:]]
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class FailingBackend(PerturbedBackend):
