@@ -95,6 +95,8 @@ class CameraLane:
         self._last_packet: FramePacket | None = None
         self._closed = False
         self.frames_processed = 0
+        self.last_frame_at: float | None = None
+        """time.monotonic() when the latest frame came through tracking and rules."""
         self.frames_failed = 0
         self.frames_ignored = 0
         self.events = 0
@@ -216,6 +218,7 @@ class CameraLane:
             self.drift.observe_image(sample_image(pkt.image, reformatter=self._reformatter), t)
             self.drift.observe_output(len(dets), dets.scores, t)
         now = time.monotonic()
+        self.last_frame_at = now
         self._rate.add(now)
         self.frame_latency.add(now - pkt.monotonic)
 

@@ -58,11 +58,15 @@ def _lane(tracker: RecordingTracker) -> CameraLane:
 def test_out_of_order_results_are_processed_in_ticket_order() -> None:
     tracker = RecordingTracker()
     lane = _lane(tracker)
-    for ticket in (2, 0, 3, 1, 5, 4):
+    t0 = time.monotonic()
+    lane.submit(2, _packet(2), _dets())
+    assert lane.last_frame_at is None  # ticket 2 waits for 0 and 1
+    for ticket in (0, 3, 1, 5, 4):
         lane.submit(ticket, _packet(ticket), _dets())
     assert tracker.seen == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert lane.tickets_done == 6
     assert lane.frames_processed == 6
+    assert lane.last_frame_at is not None and t0 <= lane.last_frame_at <= time.monotonic()
 
 
 def test_a_worker_never_waits_behind_another_workers_tracking_step() -> None:
