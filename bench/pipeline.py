@@ -6,9 +6,10 @@ Measured in one run, on one machine (see docs/benchmarks.md for how to read it):
    frames/s over the whole video, median of repeats, for 1 and 2 inference workers;
 2. inference only in a default ONNX Runtime session (bench/baselines.py);
 3. each stage's CPU seconds per frame in isolation, one thread, and the frames/s
-   bound they imply for this machine's cores; measured in rounds paired with the
-   2-worker end-to-end runs (end to end, then the stages, then again), so each ratio
-   compares two measurements taken seconds apart on this shared, drifting machine;
+   bound they imply for this machine's cores, measured twice per round: on one core
+   (the others idle) and with one copy of the rig per core at once (every core loaded,
+   as when the agent runs). Rounds alternate with the 2-worker end-to-end runs, so each
+   ratio compares measurements taken seconds apart on this shared, drifting machine;
 4. the naive sequential loop a user would write (bench/baselines.py), median of repeats;
 5. the ratios against the targets of issue 2, PASS or MISS;
 6. live capacity: how many paced 10 fps copies of the video the agent sustains with
@@ -281,7 +282,7 @@ def efficiency_rounds(
 
 
 def _median_stages(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-stage medians over several stage passes, and the bound they imply."""
+    """Per-stage medians over several stage passes (rounds, or copies), and their bound."""
     per_stage = {k: median([p["cpu_s_per_frame"][k] for p in passes]) for k in STAGES}
     total = sum(per_stage.values())
     return {
@@ -290,7 +291,7 @@ def _median_stages(passes: list[dict[str, Any]]) -> dict[str, Any]:
         "sum_cpu_s_per_frame": round(total, 6),
         "bound_fps": cores() / total,
         "background_cores": max(p["background_cores"] or 0.0 for p in passes),
-        "rounds": len(passes),
+        "passes": len(passes),
     }
 
 
@@ -368,15 +369,9 @@ def isolated_stages_all_cores(video: Path, work: Path, limit: int) -> dict[str, 
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    per_stage = {k: median([c["cpu_s_per_frame"][k] for c in copies]) for k in STAGES}
-    total = sum(per_stage.values())
     return {
-        "copies": n,
-        "frames": copies[0]["frames"],
-        "cpu_s_per_frame": {k: round(v, 6) for k, v in per_stage.items()},
-        "sum_cpu_s_per_frame": round(total, 6),
+        **_median_stages(copies),
         "copy_sums_cpu_s_per_frame": [c["sum_cpu_s_per_frame"] for c in copies],
-        "bound_fps": n / total,
         # each copy sees its n - 1 siblings as background: what is left is other processes
         "background_cores": rnd(
             max(0.0, median([c["background_cores"] or 0.0 for c in copies]) - (n - 1)), 2

@@ -257,7 +257,7 @@ def _pipeline_md(pipe: dict[str, Any]) -> str:
         "### Throughput and efficiency (`bench/pipeline.py --skip-live`)\n\n"
         + _md_table(["frames/s", "value", "bg cores"], rows)
         + "\n\nStages alone, CPU ms per frame with every core loaded (one core, the others "
-        + f"idle), medians of {st.get('rounds', 1)} rounds: {stages}; sum "
+        + f"idle), medians of {st.get('passes', 1)} rounds: {stages}; sum "
         + f"{1000 * sa['sum_cpu_s_per_frame']:.2f} ({1000 * st['sum_cpu_s_per_frame']:.2f}).\n\n"
         + "End to end (2 workers) against the stage bounds, in rounds: the agent over the "
         + "whole video, then the stage rig on one core, then one copy of it per core at once, "
