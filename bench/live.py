@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from agent.app import Agent
+from agent.health.report import RunSummary
 from bench.common import CpuMeter, agent_config, cores, largest_passing, median, progress, rnd
 
 DROP_LIMIT = 0.01
@@ -44,7 +45,7 @@ def _latency(agent: Agent, key: str) -> dict[str, float | None]:
     }
 
 
-def _totals(summary: Any) -> dict[str, int]:
+def _totals(summary: RunSummary) -> dict[str, int]:
     keys = ("frames_decoded", "frames_dropped", "frames_processed")
     return {k: sum(int(c[k]) for c in summary.cameras.values()) for k in keys}
 

@@ -68,8 +68,9 @@ class Detector:
         self.rect_multiple = max(m.strides) if m.input.rect and backend.dynamic_spatial else None
         """Rectangular inference: inputs are padded to this multiple only (None: square)."""
         self._lb: Letterbox | None = None
-        self._img = np.full((m.input.height, m.input.width, 3), m.input.pad_value, np.uint8)
-        self._tensor = np.empty((1, 3, m.input.height, m.input.width), np.float32)
+        # input buffers, (re)allocated by letterbox_for for the input size a source needs
+        self._img = np.empty((0, 0, 3), np.uint8)
+        self._tensor = np.empty((1, 3, 0, 0), np.float32)
 
     def letterbox_for(self, src_w: int, src_h: int) -> Letterbox:
         """The (cached) letterbox for a source size; recomputed only when the size changes.
