@@ -8,8 +8,9 @@ Measured in one run, on one machine (see docs/benchmarks.md for how to read it):
 3. each stage's CPU seconds per frame in isolation, one thread, and the frames/s
    bound they imply for this machine's cores, measured twice per round: on one core
    (the others idle) and with one copy of the rig per core at once (every core loaded,
-   as when the agent runs). Rounds alternate with the 2-worker end-to-end runs, so each
-   ratio compares measurements taken seconds apart on this shared, drifting machine;
+   as when the agent runs). In each round the one-core pass runs right before a 2-worker
+   end-to-end run and the all-cores pass the instant it ends, so each ratio compares
+   measurements taken back to back on this shared, drifting machine;
 4. the naive sequential loop a user would write (bench/baselines.py), median of repeats;
 5. the ratios against the targets of issue 2, PASS or MISS;
 6. live capacity: how many paced 10 fps copies of the video the agent sustains with
@@ -226,20 +227,25 @@ def efficiency_rounds(
 
     This machine drifts (a shared VM: the same ONNX Runtime call costs 5.9 ms for
     minutes, then 6.3 ms), so an end-to-end median and a stage pass taken a minute apart
-    compare two different machines. Each round runs the agent, then the stage rig on one
-    core (the others idle), then one copy of it per core at once; each end-to-end run is
-    compared with the two bounds measured right after it, and the efficiency is the
-    median over the rounds. Returns (efficiency, the end-to-end runs, the one-core
-    stages, the all-cores stages), stage costs as medians over the rounds.
+    compare two different machines. Each round runs the stage rig on one core (the
+    others idle), then the agent, then, the instant the agent's run ends, one copy of
+    the rig per core at once (built beforehand, `AllCoresPass`); each end-to-end run is
+    compared with the two bounds measured right before and right after it, and the
+    efficiency is the median over the rounds. Returns (efficiency, the end-to-end runs,
+    the one-core stages, the all-cores stages), stage costs as medians over the rounds.
     """
     runs: list[dict[str, Any]] = []
     single: list[dict[str, Any]] = []
     loaded: list[dict[str, Any]] = []
     pairs: list[dict[str, Any]] = []
     for r in range(rounds):
-        run = end_to_end_run(video, work / f"e2e-w2-{r}", 2, limit)
-        one = isolated_stages(agent_config(video, work / f"stages-{r}", workers=1), stage_frames)
-        every = isolated_stages_all_cores(video, work / f"stages-all-{r}", stage_frames)
+        with AllCoresPass(video, work / f"stages-all-{r}", stage_frames) as every_core:
+            # the copies sleep at their barrier: the one-core pass has the others idle
+            one = isolated_stages(
+                agent_config(video, work / f"stages-{r}", workers=1), stage_frames
+            )
+            run = end_to_end_run(video, work / f"e2e-w2-{r}", 2, limit)
+            every = every_core.run()
         runs.append(run)
         single.append(one)
         loaded.append(every)
@@ -334,13 +340,19 @@ def isolated_stages(
     }
 
 
-def _stage_copy(video: str, work: str, limit: int, start: Any, results: Any) -> None:
-    """One copy of the stage rig in a child process (`isolated_stages_all_cores`)."""
+def _stage_copy(video: str, work: str, limit: int, gates: tuple[Any, Any], results: Any) -> None:
+    """One copy of the stage rig in a child process (`AllCoresPass`)."""
     cfg = agent_config(Path(video), Path(work), workers=1)
-    results.put(isolated_stages(cfg, limit, ready=start.wait))
+    built, start = gates
+
+    def ready() -> None:
+        built.wait()  # rig built, model warm: the parent may start the run it compares
+        start.wait()  # released the moment that run ends
+
+    results.put(isolated_stages(cfg, limit, ready=ready))
 
 
-def isolated_stages_all_cores(video: Path, work: Path, limit: int) -> dict[str, Any]:
+class AllCoresPass:
     """The stage rig on every core at once: one copy per core, started together.
 
     The single-thread pass measures each stage with the other cores idle; the agent runs
@@ -348,35 +360,63 @@ def isolated_stages_all_cores(video: Path, work: Path, limit: int) -> dict[str, 
     the host's clock and its other tenants). Here each copy still times each stage on
     its own, in one thread, but under the load the agent runs under; per-stage costs
     are the median over the copies.
+
+    The copies are built when the pass is entered (imports, model, warm session, open
+    video) and then sleep at a barrier; `run()` releases them, so the pass starts the
+    instant the end-to-end run it is compared with has ended, with no start-up gap in
+    which this machine's state can drift.
     """
-    n = cores()
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ORT threads
-    start, results = ctx.Barrier(n), ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_stage_copy,
-            args=(str(video), str(work / f"copy{i}"), limit, start, results),
-            daemon=True,
-        )
-        for i in range(n)
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        copies = [results.get(timeout=600) for _ in procs]
-    finally:
-        for proc in procs:
+
+    def __init__(self, video: Path, work: Path, limit: int) -> None:
+        n = cores()
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ORT threads
+        self._built, self._start = ctx.Barrier(n + 1), ctx.Barrier(n + 1)
+        self._results = ctx.Queue()
+        self._procs = [
+            ctx.Process(
+                target=_stage_copy,
+                args=(
+                    str(video),
+                    str(work / f"copy{i}"),
+                    limit,
+                    (self._built, self._start),
+                    self._results,
+                ),
+                daemon=True,
+            )
+            for i in range(n)
+        ]
+
+    def __enter__(self) -> AllCoresPass:
+        for proc in self._procs:
+            proc.start()
+        try:
+            self._built.wait(timeout=600)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def run(self) -> dict[str, Any]:
+        self._start.wait(timeout=60)
+        copies = [self._results.get(timeout=600) for _ in self._procs]
+        n = len(copies)
+        return {
+            **_median_stages(copies),
+            "copy_sums_cpu_s_per_frame": [c["sum_cpu_s_per_frame"] for c in copies],
+            # each copy sees its n - 1 siblings as background: what is left is others
+            "background_cores": rnd(
+                max(0.0, median([c["background_cores"] or 0.0 for c in copies]) - (n - 1)), 2
+            ),
+        }
+
+    def __exit__(self, *exc: object) -> None:
+        self._built.abort()  # a copy still waiting (a failed run) gives up
+        self._start.abort()
+        for proc in self._procs:
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    return {
-        **_median_stages(copies),
-        "copy_sums_cpu_s_per_frame": [c["sum_cpu_s_per_frame"] for c in copies],
-        # each copy sees its n - 1 siblings as background: what is left is other processes
-        "background_cores": rnd(
-            max(0.0, median([c["background_cores"] or 0.0 for c in copies]) - (n - 1)), 2
-        ),
-    }
 
 
 # --- report -------------------------------------------------------------------------
@@ -536,7 +576,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeats", type=int, help="end-to-end and naive-loop repeats (default 3, quick 1)"
     )
     ap.add_argument(
-        "--rounds", type=int, help="paired end-to-end + stage rounds (default 5, quick 1)"
+        "--rounds", type=int, help="paired end-to-end + stage rounds (default 7, quick 1)"
     )
     ap.add_argument("--window-s", type=float, help="live window per N (default 20, quick 5)")
     ap.add_argument("--max-cameras", type=int, default=64, help="cap of the live search")
@@ -565,7 +605,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model = load_model_folder(agent_config(video, work / "model", workers=1).model.path)
     limit = frames_cap if quick else None
 
-    rounds = args.rounds or (1 if quick else 5)
+    rounds = args.rounds or (1 if quick else 7)
     progress(f"efficiency: {rounds} rounds of end to end (2 workers) + stages in isolation")
     fig["efficiency"], e2e_w2, fig["stages"], fig["stages_all_cores"] = efficiency_rounds(
         video, work, rounds, limit, frames_cap

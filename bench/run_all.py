@@ -259,9 +259,10 @@ def _pipeline_md(pipe: dict[str, Any]) -> str:
         + "\n\nStages alone, CPU ms per frame with every core loaded (one core, the others "
         + f"idle), medians of {st.get('passes', 1)} rounds: {stages}; sum "
         + f"{1000 * sa['sum_cpu_s_per_frame']:.2f} ({1000 * st['sum_cpu_s_per_frame']:.2f}).\n\n"
-        + "End to end (2 workers) against the stage bounds, in rounds: the agent over the "
-        + "whole video, then the stage rig on one core, then one copy of it per core at once, "
-        + "seconds apart, so each ratio compares the same state of this shared machine. "
+        + "End to end (2 workers) against the stage bounds, in rounds: the stage rig on one "
+        + "core, the agent over the whole video, and, the instant it ends, one copy of the rig "
+        + "per core at once (built beforehand), so each ratio compares the same state of this "
+        + "shared machine. "
         + f"Median **{eff['ratio']:.3f}** with every core loaded, {eff['ratio_one_core']:.3f} "
         + "from one core.\n\n"
         + _md_table(PAIR_HEAD, pairs)
