@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import queue
 import sys
 import tempfile
 import time
@@ -391,15 +392,34 @@ class AllCoresPass:
         for proc in self._procs:
             proc.start()
         try:
-            self._built.wait(timeout=600)
+            deadline = time.monotonic() + 600
+            while self._built.n_waiting < len(self._procs):  # polled only while building
+                self._check_copies(deadline)
+                time.sleep(0.05)
+            self._built.wait(timeout=60)
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    def _check_copies(self, deadline: float) -> None:
+        dead = [p.exitcode for p in self._procs if p.exitcode]  # 0: done, result sent
+        if dead:
+            raise RuntimeError(
+                f"a stage-rig copy exited with code {dead[0]} (its traceback is above)"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError("the stage-rig copies did not finish within 600 s")
+
     def run(self) -> dict[str, Any]:
         self._start.wait(timeout=60)
-        copies = [self._results.get(timeout=600) for _ in self._procs]
+        deadline = time.monotonic() + 600
+        copies: list[dict[str, Any]] = []
+        while len(copies) < len(self._procs):
+            try:
+                copies.append(self._results.get(timeout=1.0))
+            except queue.Empty:
+                self._check_copies(deadline)
         n = len(copies)
         return {
             **_median_stages(copies),
