@@ -95,12 +95,21 @@ def model_dir(workdir: Path) -> Path:
 
 
 def write_config(
-    workdir: Path, video: Path, cameras: int, workers: int, snapshot_max_mib: int
+    workdir: Path,
+    video: Path,
+    cameras: int,
+    workers: int,
+    snapshot_max_mib: int,
+    *,
+    drift_sample_every_s: float | None = None,
 ) -> Path:
     """configs/demo.yaml's camera and rules, `cameras` paced looped copies, all outputs on.
 
     The snapshot budget is set to `snapshot_max_mib` so that the run reaches it and the
     store's eviction (oldest deleted first) runs for most of the soak.
+    `drift_sample_every_s` makes the drift monitor sample more often than its default
+    (1 s), so its windows (the same number of samples) fill sooner: a short soak then
+    judges the agent with all of its bounded state full.
     """
     data: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     template = data["cameras"][0]
@@ -115,6 +124,8 @@ def write_config(
         "snapshots": {"dir": str(workdir / "snapshots"), "max_bytes": snapshot_max_mib << 20},
     }
     data["logging"] = {"level": "INFO", "format": "json"}
+    if drift_sample_every_s is not None:
+        data["drift"] = {**data.get("drift", {}), "sample_every_s": drift_sample_every_s}
     path = workdir / "soak.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -417,6 +428,7 @@ def analyse(
         "workers": args.workers,
         "minutes": args.minutes,
         "interval_s": args.interval,
+        "drift_sample_every_s": args.drift_sample_every_s,
         "warmup_s": warmup_s,
         "cores": cores(),
         "exit_code": rc,
@@ -468,6 +480,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--snapshot-max-mib", type=int, default=150, help="agent snapshot budget (default 150)"
     )
+    p.add_argument(
+        "--drift-sample-every-s",
+        type=float,
+        default=None,
+        help="drift monitor sampling period (default: the config's, 1 s); shorter fills its "
+        "windows sooner, for short soaks",
+    )
     p.add_argument("--video", default=None, help="video file (default: vtest.avi)")
     p.add_argument("--json", default=None, help="write the result and all samples here")
     p.add_argument("--plot", default=None, help="write the PNG plot here")
@@ -480,7 +499,14 @@ def main(argv: list[str] | None = None) -> int:
     args.started = now_utc()
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     video = find_video(args.video)
-    config = write_config(workdir, video, args.cameras, args.workers, args.snapshot_max_mib)
+    config = write_config(
+        workdir,
+        video,
+        args.cameras,
+        args.workers,
+        args.snapshot_max_mib,
+        drift_sample_every_s=args.drift_sample_every_s,
+    )
     agent_argv = [sys.executable, "-m", "agent", "run", "-c", str(config), "--log-format"]
     agent_argv += ["json", "--summary-json", str(workdir / "summary.json")]
     progress(f"soak: {args.cameras} cameras for {args.minutes:g} min in {workdir}")
