@@ -442,6 +442,19 @@ class AllCoresPass:
 # --- report -------------------------------------------------------------------------
 
 
+ROUND_HEAD = ["round", "e2e frames/s", "bound", "ratio", "bound, 1 core", "ratio", "agent CPU ms/f"]
+
+
+def round_rows(eff: dict[str, Any]) -> list[list[Any]]:
+    """One row per efficiency round (this report and docs/benchmarks.md, bench/run_all.py)."""
+    return [
+        [i + 1, fmt(r["end_to_end_fps"]), fmt(r["bound_fps"]), fmt(r["ratio"], 3),
+         fmt(r["bound_one_core_fps"]), fmt(r["ratio_one_core"], 3),
+         fmt(1000 * r["agent_cpu_s_per_frame"], 2)]
+        for i, r in enumerate(eff["rounds"])
+    ]  # fmt: skip
+
+
 def ratios(fig: dict[str, Any]) -> list[dict[str, Any]]:
     e2e = fig["end_to_end"]["headline_fps"]
     values = {
@@ -524,25 +537,13 @@ def report(fig: dict[str, Any]) -> str:
         )
     )
     eff = fig["efficiency"]
-    erows = [
-        [
-            i + 1,
-            fmt(r["end_to_end_fps"]),
-            fmt(r["bound_fps"]),
-            fmt(r["ratio"], 3),
-            fmt(r["bound_one_core_fps"]),
-            fmt(r["ratio_one_core"], 3),
-            fmt(1000 * r["agent_cpu_s_per_frame"], 2),
-        ]
-        for i, r in enumerate(eff["rounds"])
-    ]
     out.append(
         table(
             f"End to end / stage bound in rounds: median {eff['ratio']:.3f} "
             f"({eff['min']:.3f}-{eff['max']:.3f}) every core loaded, "
             f"{eff['ratio_one_core']:.3f} one core",
-            ["round", "e2e fps", "bound", "ratio", "bound 1 core", "ratio", "agent CPU ms/f"],
-            erows,
+            ROUND_HEAD,
+            round_rows(eff),
         )
     )
     rr = [

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, CpuMeter, cores, load_average, now_utc, progress
+from bench.pipeline import ROUND_HEAD, round_rows
 
 OUT = REPO / "bench" / "out"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -278,9 +279,6 @@ def _gpu_text(gpu: dict[str, Any] | None) -> str:
     return f"{gpu['device']}: TensorRT {gpu['precision']} {trt['fps']:.0f} frames/s (bench/gpu.py)"
 
 
-PAIR_HEAD = ["round", "e2e frames/s", "bound", "ratio", "bound, 1 core", "ratio", "agent CPU ms/f"]
-
-
 def _pipeline_md(pipe: dict[str, Any]) -> str:
     rows = [
         [
@@ -305,12 +303,6 @@ def _pipeline_md(pipe: dict[str, Any]) -> str:
         for k, v in st["cpu_s_per_frame"].items()
     )
     eff = pipe["efficiency"]
-    pairs = [
-        [i + 1, _f(e["end_to_end_fps"]), _f(e["bound_fps"]), _f(e["ratio"], 3),
-         _f(e["bound_one_core_fps"]), _f(e["ratio_one_core"], 3),
-         _f(1000 * e["agent_cpu_s_per_frame"], 2)]
-        for i, e in enumerate(eff["rounds"])
-    ]  # fmt: skip
     return (
         "### Throughput and efficiency (`bench/pipeline.py --skip-live`)\n\n"
         + _md_table(["frames/s", "value", "bg cores"], rows)
@@ -323,7 +315,7 @@ def _pipeline_md(pipe: dict[str, Any]) -> str:
         + "shared machine. "
         + f"Median **{eff['ratio']:.3f}** with every core loaded, {eff['ratio_one_core']:.3f} "
         + "from one core.\n\n"
-        + _md_table(PAIR_HEAD, pairs)
+        + _md_table(ROUND_HEAD, round_rows(eff))
     )
 
 
